@@ -1,0 +1,76 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Tally",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tally", targets: ["TallyCommand"]),
+        .library(name: "Kafka", targets: ["Kafka"]),
+        .library(name: "Postgres", targets: ["Postgres"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
+    ],
+    targets: [
+        // C interop: system libraries with a thin shim header each.
+        .systemLibrary(
+            name: "CRdKafka", path: "Sources/CRdKafka", pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(
+            name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]),
+
+        // Threads of their own for blocking C calls, as Swift executors.
+        .target(name: "DedicatedThreads"),
+
+        // Typed Swift layers over the C libraries.
+        .target(
+            name: "Kafka",
+            dependencies: [
+                "CRdKafka", "DedicatedThreads",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "Postgres",
+            dependencies: [
+                "CLibPQ", "DedicatedThreads",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        // Throwaway PostgreSQL clusters for tests and the local demo.
+        .target(name: "LocalPostgres", dependencies: [.product(name: "Subprocess", package: "swift-subprocess")]),
+
+        // The declarative topic catalogue (`topics.yaml`).
+        .target(name: "TopicCatalog", dependencies: ["Kafka", .product(name: "Yams", package: "Yams")]),
+
+        // The `tally` executable: one subcommand per service.
+        .executableTarget(
+            name: "TallyCommand",
+            dependencies: [
+                "Kafka", "Postgres", "LocalPostgres", "TopicCatalog",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
+
+        // Producer benchmark: the Swift layer against the same loop in C.
+        .target(name: "CProducerLoop", dependencies: ["CRdKafka"], path: "Benchmarks/CProducerLoop"),
+        .executableTarget(
+            name: "ProducerBenchmark",
+            dependencies: [
+                "Kafka", "CProducerLoop",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/ProducerBenchmark"),
+
+        .target(name: "TestSupport", dependencies: ["Kafka", "LocalPostgres"], path: "Tests/TestSupport"),
+        .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
+        .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
+        .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Kafka", "TestSupport", "TallyCommand"]),
+    ]
+)

@@ -1,0 +1,359 @@
+import CRdKafka
+import Foundation
+import Logging
+import Synchronization
+
+/// Settings of a `KafkaProducer`.
+public struct KafkaProducerConfiguration: Sendable {
+    /// librdkafka properties. Defaults: idempotence on (`acks=all`, ordered retries), a bounded
+    /// local queue, a 2-minute delivery timeout. Anything set here wins.
+    public var kafka: KafkaConfiguration
+    /// How long `send` waits for room when the local queue is full before failing a record
+    /// with `KafkaError.Kind.queueFull`. Zero fails at once.
+    public var enqueueTimeout: Duration
+
+    public init(bootstrapServers: String, properties: [String: String] = [:], enqueueTimeout: Duration = .seconds(5)) {
+        let defaults = [
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "message.timeout.ms": "120000",
+            "queue.buffering.max.messages": "100000",
+        ]
+        kafka = KafkaConfiguration(
+            bootstrapServers: bootstrapServers, properties: defaults.merging(properties) { _, new in new })
+        self.enqueueTimeout = enqueueTimeout
+    }
+}
+
+/// An idempotent Kafka producer.
+///
+/// `send` enqueues records without blocking and suspends until the broker acknowledged each
+/// (with `acks=all`), reporting partition and offset. A full local queue is never a silent
+/// drop: `send` waits up to `enqueueTimeout` for room, then fails that record with `queueFull`.
+/// Delivery reports are served by a thread of the producer's own, never by the Swift pool.
+/// Call `close()` when done: it flushes what is queued, then frees the client.
+public final class KafkaProducer: Sendable {
+    private let context: ProducerContext
+    private let handle: NativeHandle
+    private let enqueueTimeout: Duration
+
+    public init(configuration: KafkaProducerConfiguration, logger: Logger = Logger(label: "tally.kafka.producer")) throws(KafkaError) {
+        let context = ProducerContext(logger: logger)
+        let handle = try makeNativeClient(type: RD_KAFKA_PRODUCER, configuration: configuration.kafka, context: context) {
+            rd_kafka_conf_set_dr_msg_cb($0, deliveryReportCallback)
+        }
+        self.context = context
+        self.handle = NativeHandle(handle)
+        self.enqueueTimeout = configuration.enqueueTimeout
+        let thread = Thread { [context, handle = self.handle] in context.runPollLoop(handle.pointer) }
+        thread.name = "tally.kafka.producer.poll"
+        thread.start()
+    }
+
+    deinit {
+        context.requestClose(flushTimeout: .seconds(30), waiter: nil)
+    }
+
+    /// Sends one record and returns its acknowledgement.
+    public func send(_ record: ProducerRecord) async throws(KafkaError) -> DeliveryReport {
+        try await send([record])[0].get()
+    }
+
+    /// Sends records in order and returns one result per record, in the same order, once every
+    /// record is acknowledged or has failed.
+    public func send(_ records: [ProducerRecord]) async -> [Result<DeliveryReport, KafkaError>] {
+        guard !records.isEmpty else { return [] }
+        let group = context.registerGroup(count: records.count)
+        var index = 0
+        var waitingSince: ContinuousClock.Instant?
+        while index < records.count {
+            let opaque = UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index)))
+            let code = enqueue(records[index], opaque: opaque)
+            if code == RD_KAFKA_RESP_ERR_NO_ERROR {
+                index += 1
+                waitingSince = nil
+                continue
+            }
+            if code == RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                let start = waitingSince ?? .now
+                waitingSince = start
+                if start.duration(to: .now) < enqueueTimeout, await context.waitForQueueSpace() {
+                    continue
+                }
+            }
+            let error: KafkaError =
+                context.isClosing
+                ? KafkaError(kind: .closed, message: "producer is closed", persistence: .notPersisted)
+                : KafkaError(code: code, context: "enqueue to \(records[index].topic)", persistence: .notPersisted)
+            context.complete(group: group, index: index, with: .failure(error))
+            index += 1
+            waitingSince = nil
+        }
+        return await context.results(of: group)
+    }
+
+    /// Waits until every record enqueued so far is acknowledged or failed.
+    public func flush(timeout: Duration) async throws(KafkaError) {
+        try await context.waitForEmptyQueue(deadline: .now + timeout)
+    }
+
+    /// Flushes for up to `flushTimeout`, fails whatever is still queued, and frees the client.
+    public func close(flushTimeout: Duration = .seconds(30)) async {
+        await withCheckedContinuation { continuation in
+            context.requestClose(flushTimeout: flushTimeout, waiter: continuation)
+        }
+    }
+
+    private func enqueue(_ record: ProducerRecord, opaque: UnsafeMutableRawPointer?) -> rd_kafka_resp_err_t {
+        if context.isClosing { return RD_KAFKA_RESP_ERR__DESTROY }
+        var headers: OpaquePointer?
+        if !record.headers.isEmpty {
+            headers = rd_kafka_headers_new(record.headers.count)
+            for header in record.headers {
+                if let value = header.value {
+                    value.withUnsafeBytes { _ = rd_kafka_header_add(headers, header.name, -1, $0.baseAddress, $0.count) }
+                } else {
+                    rd_kafka_header_add(headers, header.name, -1, nil, 0)
+                }
+            }
+        }
+        let code = withOptionalBytes(record.key) { key in
+            withOptionalBytes(record.value) { value in
+                tally_produce(
+                    handle.pointer, record.topic, record.partition ?? RD_KAFKA_PARTITION_UA,
+                    key.baseAddress, key.count, value.baseAddress, value.count, headers,
+                    record.timestampMilliseconds ?? 0, opaque)
+            }
+        }
+        if code != RD_KAFKA_RESP_ERR_NO_ERROR, let headers { rd_kafka_headers_destroy(headers) }
+        return code
+    }
+}
+
+private func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+    guard let bytes else { return body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+    return bytes.withUnsafeBytes(body)
+}
+
+/// An `rd_kafka_t` pointer; librdkafka's API is thread-safe for what Tally calls concurrently.
+struct NativeHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+}
+
+private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = {
+    rk, message, opaque in
+    guard let rk, let message, let tag = message.pointee._private else { return }
+    let context = ClientContext.from(opaque) as! ProducerContext
+    let bits = UInt64(UInt(bitPattern: tag))
+    let result: Result<DeliveryReport, KafkaError>
+    if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+        let topic = String(cString: rd_kafka_topic_name(message.pointee.rkt))
+        result = .success(DeliveryReport(topic: topic, partition: message.pointee.partition, offset: message.pointee.offset))
+    } else {
+        let persistence: PersistenceStatus =
+            switch rd_kafka_message_status(message) {
+            case RD_KAFKA_MSG_STATUS_PERSISTED: .persisted
+            case RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED: .possiblyPersisted
+            default: .notPersisted
+            }
+        var error = KafkaError(code: message.pointee.err, context: "delivery", persistence: persistence)
+        if message.pointee.err == RD_KAFKA_RESP_ERR__FATAL {
+            var reason = [CChar](repeating: 0, count: 512)
+            let code = rd_kafka_fatal_error(rk, &reason, reason.count)
+            error = KafkaError(
+                kind: .fatal, code: KafkaErrorCode(code), message: "fatal producer error: \(text(ofBuffer: reason))",
+                persistence: persistence)
+        } else if error.kind == .broker || error.kind == .timedOut {
+            error = KafkaError(kind: .deliveryFailed, code: error.code, message: error.message, persistence: persistence)
+        }
+        result = .failure(error)
+    }
+    context.complete(group: bits >> 32, index: Int(bits & 0xFFFF_FFFF), with: result)
+}
+
+/// Delivery tracking and lifecycle of one producer, shared with its poll thread.
+final class ProducerContext: ClientContext, @unchecked Sendable {
+    typealias Results = [Result<DeliveryReport, KafkaError>]
+
+    private struct Group {
+        var results: [Result<DeliveryReport, KafkaError>?]
+        var remaining: Int
+        var waiter: CheckedContinuation<Results, Never>?
+    }
+
+    private struct FlushWaiter {
+        let deadline: ContinuousClock.Instant
+        let continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var nextGroup: UInt64 = 1
+        var groups: [UInt64: Group] = [:]
+        var spaceWaiters: [CheckedContinuation<Bool, Never>] = []
+        var flushWaiters: [FlushWaiter] = []
+        var closeRequest: Duration?
+        var closeWaiters: [CheckedContinuation<Void, Never>] = []
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+
+    var isClosing: Bool { state.withLock { $0.closeRequest != nil } }
+
+    func registerGroup(count: Int) -> UInt64 {
+        state.withLock { state in
+            let id = state.nextGroup
+            state.nextGroup += 1
+            state.groups[id] = Group(results: Array(repeating: nil, count: count), remaining: count)
+            return id
+        }
+    }
+
+    func complete(group id: UInt64, index: Int, with result: Result<DeliveryReport, KafkaError>) {
+        let finished: (CheckedContinuation<Results, Never>, Results)? = state.withLock { state in
+            // Moved out of the dictionary so that the results array is mutated in place.
+            guard var group = state.groups.removeValue(forKey: id) else { return nil }
+            guard group.results[index] == nil else {
+                state.groups[id] = group
+                return nil
+            }
+            group.results[index] = result
+            group.remaining -= 1
+            if group.remaining == 0, let waiter = group.waiter {
+                return (waiter, group.results.map { $0! })
+            }
+            state.groups[id] = group
+            return nil
+        }
+        if let (waiter, results) = finished { waiter.resume(returning: results) }
+    }
+
+    func results(of id: UInt64) async -> Results {
+        await withCheckedContinuation { continuation in
+            let ready: Results? = state.withLock { state in
+                guard state.groups[id]!.remaining > 0 else {
+                    return state.groups.removeValue(forKey: id)!.results.map { $0! }
+                }
+                state.groups[id]!.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    /// Suspends until the poll thread finished another cycle; false once the producer closes.
+    func waitForQueueSpace() async -> Bool {
+        await withCheckedContinuation { continuation in
+            let closing = state.withLock { state in
+                if state.closeRequest != nil { return true }
+                state.spaceWaiters.append(continuation)
+                return false
+            }
+            if closing { continuation.resume(returning: false) }
+        }
+    }
+
+    func waitForEmptyQueue(deadline: ContinuousClock.Instant) async throws(KafkaError) {
+        do {
+            try await withCheckedThrowingContinuation { continuation in
+                let closed = state.withLock { state in
+                    if state.closed { return true }
+                    state.flushWaiters.append(FlushWaiter(deadline: deadline, continuation: continuation))
+                    return false
+                }
+                if closed { continuation.resume() }
+            }
+        } catch {
+            throw error as! KafkaError
+        }
+    }
+
+    func requestClose(flushTimeout: Duration, waiter: CheckedContinuation<Void, Never>?) {
+        let alreadyClosed = state.withLock { state in
+            if state.closed { return true }
+            if state.closeRequest == nil { state.closeRequest = flushTimeout }
+            if let waiter { state.closeWaiters.append(waiter) }
+            return false
+        }
+        if alreadyClosed { waiter?.resume() }
+    }
+
+    /// The body of the producer's poll thread; it owns `rk` until it destroys it.
+    func runPollLoop(_ rk: OpaquePointer) {
+        while true {
+            let closeRequest = state.withLock { $0.closeRequest }
+            if let flushTimeout = closeRequest {
+                shutDown(rk, flushTimeout: flushTimeout)
+                return
+            }
+            rd_kafka_poll(rk, 50)
+            afterPollCycle(queueLength: rd_kafka_outq_len(rk))
+        }
+    }
+
+    private func afterPollCycle(queueLength: Int32) {
+        let now = ContinuousClock.now
+        let (spaceWaiters, flushed, expired) = state.withLock { state in
+            let spaceWaiters = state.spaceWaiters
+            state.spaceWaiters.removeAll()
+            var flushed: [CheckedContinuation<Void, any Error>] = []
+            var expired: [CheckedContinuation<Void, any Error>] = []
+            state.flushWaiters.removeAll { waiter in
+                if queueLength == 0 {
+                    flushed.append(waiter.continuation)
+                } else if waiter.deadline <= now {
+                    expired.append(waiter.continuation)
+                } else {
+                    return false
+                }
+                return true
+            }
+            return (spaceWaiters, flushed, expired)
+        }
+        spaceWaiters.forEach { $0.resume(returning: true) }
+        flushed.forEach { $0.resume() }
+        expired.forEach {
+            $0.resume(throwing: KafkaError(kind: .timedOut, message: "flush timed out with \(queueLength) records outstanding"))
+        }
+    }
+
+    private func shutDown(_ rk: OpaquePointer, flushTimeout: Duration) {
+        let spaceWaiters = state.withLock { state in
+            defer { state.spaceWaiters.removeAll() }
+            return state.spaceWaiters
+        }
+        spaceWaiters.forEach { $0.resume(returning: false) }
+        if rd_kafka_flush(rk, milliseconds(flushTimeout)) != RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.warning("producer closing with \(rd_kafka_outq_len(rk)) undelivered records; failing them")
+            rd_kafka_purge(rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+            rd_kafka_flush(rk, 5_000)  // serves the purged records' delivery reports
+        }
+        rd_kafka_destroy(rk)
+        let closedError = KafkaError(kind: .closed, message: "producer closed before delivery", persistence: .possiblyPersisted)
+        let (finished, flushWaiters, closeWaiters) = state.withLock { state in
+            state.closed = true
+            var finished: [(CheckedContinuation<Results, Never>, Results)] = []
+            for (id, var group) in state.groups {
+                let results = group.results.map { $0 ?? .failure(closedError) }
+                if let waiter = group.waiter {
+                    finished.append((waiter, results))
+                    state.groups[id] = nil
+                } else {  // its sender is still enqueuing: `results(of:)` finds it complete
+                    group.results = results
+                    group.remaining = 0
+                    state.groups[id] = group
+                }
+            }
+            defer {
+                state.flushWaiters.removeAll()
+                state.closeWaiters.removeAll()
+            }
+            return (finished, state.flushWaiters, state.closeWaiters)
+        }
+        for (waiter, results) in finished { waiter.resume(returning: results) }
+        flushWaiters.forEach { $0.continuation.resume() }
+        closeWaiters.forEach { $0.resume() }
+    }
+}

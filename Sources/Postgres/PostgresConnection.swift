@@ -1,0 +1,255 @@
+import CLibPQ
+import Foundation
+import DedicatedThreads
+import Logging
+
+/// One libpq connection.
+///
+/// Every method runs on the connection's own thread, so libpq's blocking calls never occupy
+/// the Swift cooperative pool. Sessions run in UTC with ISO dates so that text results decode
+/// the same everywhere. A connection is not a pool: one statement runs at a time.
+public actor PostgresConnection {
+    private let executor: DedicatedThreadExecutor
+    private let connection: NativeConnection
+    private var isClosed = false
+    private let logger: Logger
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    private init(executor: DedicatedThreadExecutor, connection: NativeConnection, logger: Logger) {
+        self.executor = executor
+        self.connection = connection
+        self.logger = logger
+    }
+
+    /// Connects with a libpq conninfo string or `postgresql://` URL.
+    public static func connect(_ conninfo: String, logger: Logger = Logger(label: "tally.postgres")) async throws(PostgresError) -> PostgresConnection {
+        let executor = DedicatedThreadExecutor(name: "tally.postgres")
+        let result: Result<NativeConnection, PostgresError> = await executor.run {
+            let keywords = ["dbname", "options", "client_encoding"]
+            let values = [conninfo, "-c TimeZone=UTC -c DateStyle=ISO", "UTF8"]
+            let connection = withCStrings(keywords) { keywordPointers in
+                withCStrings(values) { valuePointers in PQconnectdbParams(keywordPointers, valuePointers, 1) }
+            }
+            guard let connection else { return .failure(PostgresError(kind: .connection, message: "out of memory")) }
+            guard PQstatus(connection) == CONNECTION_OK else {
+                let message = errorMessage(connection)
+                PQfinish(connection)
+                return .failure(PostgresError(kind: .connection, message: message))
+            }
+            return .success(NativeConnection(pointer: connection))
+        }
+        switch result {
+        case .success(let connection): return PostgresConnection(executor: executor, connection: connection, logger: logger)
+        case .failure(let error):
+            executor.shutdown()
+            throw error
+        }
+    }
+
+    deinit {
+        if !isClosed { PQfinish(connection.pointer) }
+        executor.shutdown()
+    }
+
+    /// Whether the connection is still usable.
+    public var isConnected: Bool { !isClosed && PQstatus(connection.pointer) == CONNECTION_OK }
+
+    /// Runs one statement with bound parameters (`$1`, `$2`, …) and returns its rows.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [PostgresParameter] = []) throws(PostgresError) -> [PostgresRow] {
+        try checkOpen()
+        let encoded = parameters.map(\.encoded)
+        let types = encoded.map { Oid($0.oid) }
+        let lengths = encoded.map { Int32($0.bytes?.count ?? 0) }
+        let formats = encoded.map { Int32($0.binary ? 1 : 0) }
+        let result = withParameterPointers(encoded.map(\.bytes)) { values in
+            PQexecParams(connection.pointer, sql, Int32(encoded.count), types, values, lengths, formats, 0)
+        }
+        return try consume(result, statement: sql)
+    }
+
+    /// Runs one or more `;`-separated statements without parameters (DDL, migrations).
+    public func execute(_ sql: String) throws(PostgresError) {
+        try checkOpen()
+        try consume(PQexec(connection.pointer, sql), statement: sql)
+    }
+
+    /// Runs `body` inside `BEGIN … COMMIT`, rolling back when it throws. The body runs on the
+    /// connection's thread without suspending, so nothing else can interleave.
+    public func transaction<T: Sendable>(_ body: (isolated PostgresConnection) throws -> T) throws -> T {
+        try execute("BEGIN")
+        let value: T
+        do {
+            value = try body(self)
+        } catch {
+            if isConnected {
+                do { try execute("ROLLBACK") } catch { logger.warning("rollback failed: \(error)") }
+            }
+            throw error
+        }
+        try execute("COMMIT")
+        return value
+    }
+
+    /// Streams rows into `COPY table (columns) FROM STDIN` in text format and returns the
+    /// number of rows the server stored.
+    @discardableResult
+    public func copy(into table: String, columns: [String], rows: some Sequence<[String?]>) throws(PostgresError) -> Int {
+        try checkOpen()
+        let columnList = columns.map(quoteIdentifier).joined(separator: ", ")
+        let statement = "COPY \(table) (\(columnList)) FROM STDIN"
+        let start = PQexec(connection.pointer, statement)
+        guard PQresultStatus(start) == PGRES_COPY_IN else {
+            try consume(start, statement: statement)
+            throw PostgresError(kind: .server, message: "COPY did not start")
+        }
+        PQclear(start)
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(1 << 20)
+        for row in rows {
+            guard row.count == columns.count else {
+                PQputCopyEnd(connection.pointer, "row has \(row.count) values for \(columns.count) columns")
+                drainResults()
+                throw PostgresError(kind: .invalidData, message: "COPY row has \(row.count) values, expected \(columns.count)")
+            }
+            appendCopyRow(row, to: &buffer)
+            if buffer.count >= 1 << 20 {
+                try sendCopyData(&buffer)
+            }
+        }
+        try sendCopyData(&buffer)
+        guard PQputCopyEnd(connection.pointer, nil) == 1 else { throw connectionError() }
+        var stored = 0
+        while let result = PQgetResult(connection.pointer) {
+            let rows = Int(String(cString: PQcmdTuples(result))) ?? 0
+            try consume(result, statement: statement)
+            stored += rows
+        }
+        return stored
+    }
+
+    /// Closes the connection; later calls throw `closed`.
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        PQfinish(connection.pointer)
+    }
+
+    private func sendCopyData(_ buffer: inout [UInt8]) throws(PostgresError) {
+        guard !buffer.isEmpty else { return }
+        let status = buffer.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { PQputCopyData(connection.pointer, $0.baseAddress, Int32($0.count)) }
+        }
+        guard status == 1 else { throw connectionError() }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func drainResults() {
+        while let result = PQgetResult(connection.pointer) { PQclear(result) }
+    }
+
+    private func checkOpen() throws(PostgresError) {
+        if isClosed { throw PostgresError(kind: .closed, message: "connection is closed") }
+    }
+
+    private func connectionError() -> PostgresError {
+        PostgresError(kind: .connection, message: errorMessage(connection.pointer))
+    }
+
+    /// Turns a result into rows or a typed error, and frees it.
+    @discardableResult
+    private func consume(_ result: OpaquePointer?, statement: String) throws(PostgresError) -> [PostgresRow] {
+        guard let result else { throw connectionError() }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY, PGRES_COPY_IN:
+            return []
+        case PGRES_TUPLES_OK:
+            let columnCount = PQnfields(result)
+            let columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
+            return (0..<PQntuples(result)).map { row in
+                PostgresRow(
+                    columns: columns,
+                    values: (0..<columnCount).map { column in
+                        PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
+                    })
+            }
+        default:
+            let sqlState = field(result, "C")
+            guard sqlState != nil, PQstatus(connection.pointer) == CONNECTION_OK else {
+                throw PostgresError(kind: .connection, sqlState: sqlState, message: errorMessage(connection.pointer))
+            }
+            throw PostgresError(
+                kind: .server, sqlState: sqlState, message: field(result, "M") ?? "statement failed",
+                detail: field(result, "D"))
+        }
+    }
+}
+
+/// A `PGconn` pointer, used only on its connection's thread.
+struct NativeConnection: @unchecked Sendable {
+    let pointer: OpaquePointer
+}
+
+/// Quotes an SQL identifier: `"…"` with embedded quotes doubled.
+public func quoteIdentifier(_ identifier: String) -> String {
+    "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+}
+
+/// Appends one row in COPY text format: tab-separated, `\N` for NULL, escapes for specials.
+func appendCopyRow(_ row: [String?], to buffer: inout [UInt8]) {
+    for (index, value) in row.enumerated() {
+        if index > 0 { buffer.append(UInt8(ascii: "\t")) }
+        guard let value else {
+            buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "N")])
+            continue
+        }
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\\"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case UInt8(ascii: "\n"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case UInt8(ascii: "\r"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case UInt8(ascii: "\t"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            default: buffer.append(byte)
+            }
+        }
+    }
+    buffer.append(UInt8(ascii: "\n"))
+}
+
+private func errorMessage(_ connection: OpaquePointer) -> String {
+    String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines
+}
+
+/// A diagnostic field; `PG_DIAG_*` are macros that do not import, so they are spelled here.
+private func field(_ result: OpaquePointer, _ code: Unicode.Scalar) -> String? {
+    PQresultErrorField(result, Int32(UInt8(ascii: code))).map { String(cString: $0) }
+}
+
+private func withCStrings<R>(_ strings: [String], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+    let duplicates = strings.map { strdup($0) }
+    defer { duplicates.forEach { free($0) } }
+    return body(duplicates.map { UnsafePointer($0) } + [nil])
+}
+
+private func withParameterPointers<R>(_ values: [[UInt8]?], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+    let buffers: [UnsafeMutablePointer<CChar>?] = values.map { bytes -> UnsafeMutablePointer<CChar>? in
+        guard let bytes else { return nil }
+        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(bytes.count, 1))
+        bytes.withUnsafeBytes { source in
+            UnsafeMutableRawPointer(buffer).copyMemory(from: source.baseAddress ?? UnsafeRawPointer(buffer), byteCount: source.count)
+        }
+        return buffer
+    }
+    defer { buffers.forEach { $0?.deallocate() } }
+    return body(buffers.map { UnsafePointer($0) })
+}
+
+extension String {
+    fileprivate var trimmingTrailingNewlines: String {
+        var text = self
+        while text.last?.isNewline == true { text.removeLast() }
+        return text
+    }
+}
