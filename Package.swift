@@ -68,7 +68,10 @@ let package = Package(
             ],
             path: "Benchmarks/ProducerBenchmark"),
 
-        .target(name: "TestSupport", dependencies: ["Kafka", "LocalPostgres"], path: "Tests/TestSupport"),
+        .target(
+            name: "TestSupport",
+            dependencies: ["Kafka", "LocalPostgres", .product(name: "Subprocess", package: "swift-subprocess")],
+            path: "Tests/TestSupport"),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
         .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Kafka", "TestSupport", "TallyCommand"]),

@@ -86,10 +86,13 @@ public actor KafkaConsumer {
 
     deinit {
         if !isClosed {
-            let handle = handle
+            // Leaving the group blocks and calls the rebalance callback: do it on a thread of
+            // its own, keeping the callback context alive until the handle is gone.
+            let (handle, context) = (handle, context)
             Thread.detachNewThread {
                 rd_kafka_consumer_close(handle.pointer)
                 rd_kafka_destroy(handle.pointer)
+                withExtendedLifetime(context) {}
             }
         }
         executor.shutdown()
@@ -260,6 +263,8 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
 
     func rebalance(_ rk: OpaquePointer, _ code: rd_kafka_resp_err_t, _ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
         let partitions = topicPartitions(list).map(\.0)
+        var logger = logger
+        logger[metadataKey: "kafka.client"] = "\(String(cString: rd_kafka_name(rk)))"
         switch code {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
             logger.info("partitions assigned: \(partitions)")

@@ -28,7 +28,8 @@ public final class MockCluster: Sendable {
         let context = ClientContext(logger: logger)
         // A handle only to own the cluster; it never produces.
         let owner = try makeNativeClient(
-            type: RD_KAFKA_PRODUCER, configuration: KafkaConfiguration(bootstrapServers: ""), context: context,
+            type: RD_KAFKA_PRODUCER, configuration: KafkaConfiguration(bootstrapServers: "", properties: ["log_level": "3"]),
+            context: context,
             logsOnMainQueue: false)
         guard let cluster = rd_kafka_mock_cluster_new(owner, Int32(brokers)) else {
             rd_kafka_destroy(owner)

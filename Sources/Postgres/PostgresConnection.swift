@@ -77,7 +77,7 @@ public actor PostgresConnection {
 
     /// Runs `body` inside `BEGIN … COMMIT`, rolling back when it throws. The body runs on the
     /// connection's thread without suspending, so nothing else can interleave.
-    public func transaction<T: Sendable>(_ body: (isolated PostgresConnection) throws -> T) throws -> T {
+    public func transaction<T: Sendable>(_ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
         try execute("BEGIN")
         let value: T
         do {
@@ -233,13 +233,16 @@ private func withCStrings<R>(_ strings: [String], _ body: ([UnsafePointer<CChar>
     return body(duplicates.map { UnsafePointer($0) } + [nil])
 }
 
+/// NUL-terminated copies of the parameter bytes: libpq reads text-format parameters as C
+/// strings and ignores their lengths.
 private func withParameterPointers<R>(_ values: [[UInt8]?], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
     let buffers: [UnsafeMutablePointer<CChar>?] = values.map { bytes -> UnsafeMutablePointer<CChar>? in
         guard let bytes else { return nil }
-        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(bytes.count, 1))
+        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
         bytes.withUnsafeBytes { source in
-            UnsafeMutableRawPointer(buffer).copyMemory(from: source.baseAddress ?? UnsafeRawPointer(buffer), byteCount: source.count)
+            if let base = source.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: source.count) }
         }
+        buffer[bytes.count] = 0
         return buffer
     }
     defer { buffers.forEach { $0?.deallocate() } }

@@ -25,11 +25,14 @@ struct TopicsCommand: AsyncParsableCommand {
         @Flag(help: "Only report; create nothing.")
         var dryRun = false
 
+        @Option(help: "Seconds to wait for each request to the cluster.")
+        var timeout: Int = 30
+
         func run() async throws {
             common.bootstrapLogging()
             let catalog = try TopicCatalog.load(path: file)
             let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap))
-            let reports = try await TopicReconciler(admin: admin).apply(catalog, dryRun: dryRun)
+            let reports = try await TopicReconciler(admin: admin).apply(catalog, dryRun: dryRun, timeout: .seconds(timeout))
             await admin.close()
             reports.forEach { print($0.summary) }
             if reports.contains(where: { if case .failed = $0.status { true } else { false } }) { throw ExitCode.failure }

@@ -46,15 +46,19 @@ public struct TopicReconciler: Sendable {
     public init(admin: KafkaAdmin) { self.admin = admin }
 
     /// Compares every declared topic with the cluster and, unless `dryRun`, creates the missing ones.
-    public func apply(_ catalog: TopicCatalog, dryRun: Bool) async throws(KafkaError) -> [TopicReport] {
-        let existing = Dictionary(uniqueKeysWithValues: try await admin.topics().map { ($0.name, $0) })
+    public func apply(_ catalog: TopicCatalog, dryRun: Bool, timeout: Duration = .seconds(30)) async throws(KafkaError) -> [TopicReport] {
+        let existing = Dictionary(uniqueKeysWithValues: try await admin.topics(timeout: timeout).map { ($0.name, $0) })
         let missing = catalog.topics.filter { existing[$0.name] == nil }
         var creationFailures: [String: KafkaError] = [:]
         if !dryRun && !missing.isEmpty {
-            creationFailures = try await admin.createTopics(
-                missing.map {
-                    TopicSpecification(name: $0.name, partitions: $0.partitions, replicationFactor: $0.replicationFactor, configs: $0.configs)
-                })
+            let specifications = missing.map {
+                TopicSpecification(name: $0.name, partitions: $0.partitions, replicationFactor: $0.replicationFactor, configs: $0.configs)
+            }
+            do {
+                creationFailures = try await admin.createTopics(specifications, timeout: timeout)
+            } catch {
+                creationFailures = Dictionary(uniqueKeysWithValues: missing.map { ($0.name, error) })
+            }
         }
         var reports: [TopicReport] = []
         for topic in catalog.topics {
@@ -63,12 +67,12 @@ public struct TopicReconciler: Sendable {
                 reports.append(TopicReport(topic: topic, status: status))
                 continue
             }
-            reports.append(TopicReport(topic: topic, status: await compare(topic, with: actual)))
+            reports.append(TopicReport(topic: topic, status: await compare(topic, with: actual, timeout: timeout)))
         }
         return reports
     }
 
-    private func compare(_ topic: DeclaredTopic, with actual: TopicDescription) async -> TopicStatus {
+    private func compare(_ topic: DeclaredTopic, with actual: TopicDescription, timeout: Duration) async -> TopicStatus {
         var differences: [String] = []
         if actual.partitions.count != Int(topic.partitions) {
             differences.append("partitions declared \(topic.partitions), actual \(actual.partitions.count)")
@@ -78,7 +82,7 @@ public struct TopicReconciler: Sendable {
         }
         if !topic.configs.isEmpty {
             do {
-                let configs = try await admin.topicConfigs(topic.name)
+                let configs = try await admin.topicConfigs(topic.name, timeout: timeout)
                 for (name, value) in topic.configs.sorted(by: { $0.key < $1.key }) where configs[name] != value {
                     differences.append("\(name) declared \(value), actual \(configs[name] ?? "unset")")
                 }

@@ -1,0 +1,163 @@
+import Kafka
+import Synchronization
+import Testing
+
+/// Records what the consumer's rebalance listener was told.
+final class RecordingListener: RebalanceListener {
+    let assigned = Mutex<[[TopicPartition]]>([])
+    let revoked = Mutex<[[TopicPartition]]>([])
+    let startOffsets: [TopicPartition: Int64]
+
+    init(startOffsets: [TopicPartition: Int64] = [:]) { self.startOffsets = startOffsets }
+
+    func partitionsAssigned(_ partitions: [TopicPartition]) async throws -> [TopicPartition: Int64] {
+        assigned.withLock { $0.append(partitions) }
+        return startOffsets
+    }
+
+    func partitionsRevoked(_ partitions: [TopicPartition], lost: Bool) async {
+        revoked.withLock { $0.append(partitions) }
+    }
+}
+
+func produce(_ count: Int, to topic: String, bootstrap: String, keys: Int = 20) async throws {
+    let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrap))
+    let results = await producer.send((0..<count).map { ProducerRecord(topic: topic, key: "k\($0 % keys)", value: "\($0)") })
+    await producer.close()
+    for result in results { _ = try result.get() }
+}
+
+/// Polls and commits at least once, then until `done(processed)` holds; returns the records
+/// whose offsets were committed. A commit refused during a rebalance leaves its batch to be
+/// read again by whoever owns the partition next (at-least-once). The deadline only bounds a
+/// broken run.
+func pollAndCommit(
+    _ consumer: KafkaConsumer, deadline: Duration = .seconds(60), until done: ([ConsumerRecord]) async throws -> Bool
+) async throws -> [ConsumerRecord] {
+    let end = ContinuousClock.now + deadline
+    var records: [ConsumerRecord] = []
+    repeat {
+        guard ContinuousClock.now < end else {
+            Issue.record("deadline passed")
+            break
+        }
+        let batch = try await consumer.poll(maxRecords: 200, timeout: .milliseconds(100))
+        if try await commitOffsets(of: batch, consumer) { records += batch }
+    } while try await !done(records)
+    return records
+}
+
+/// Commits the offsets after `batch`. When a rebalance refuses the commit, rewinds the
+/// partitions this consumer still owns to the start of the batch (a cooperative rebalance
+/// keeps their read position) and returns false: the batch will be read again.
+func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async throws -> Bool {
+    var next: [TopicPartition: Int64] = [:]
+    var first: [TopicPartition: Int64] = [:]
+    for record in batch {
+        next[record.topicPartition] = record.offset + 1
+        first[record.topicPartition] = min(first[record.topicPartition] ?? .max, record.offset)
+    }
+    do {
+        try await consumer.commit(next)
+        return true
+    } catch {
+        if !error.isCommitRefusedByRebalance { throw error }
+    }
+    let owned = try await consumer.assignment()
+    try await consumer.seek(first.filter { owned.contains($0.key) })
+    return false
+}
+
+@Suite struct ConsumerGroupTests {
+    @Test(arguments: [AssignmentStrategy.cooperativeSticky, .range])
+    func membersSplitPartitionsAndTheSurvivorTakesOverWithoutGaps(strategy: AssignmentStrategy) async throws {
+        let cluster = try MockCluster(brokers: 3)
+        defer { cluster.shutdown() }
+        let topic = "rebalance"
+        try cluster.createTopic(topic, partitions: 4, replicationFactor: 3)
+        try await produce(4_000, to: topic, bootstrap: cluster.bootstrapServers)
+        let configuration = KafkaConsumerConfiguration(
+            bootstrapServers: cluster.bootstrapServers, groupID: "group-\(strategy.rawValue)", assignmentStrategy: strategy,
+            properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "500"])
+        let listenerA = RecordingListener()
+        let consumerA = try KafkaConsumer(configuration: configuration, rebalanceListener: listenerA)
+        let consumerB = try KafkaConsumer(configuration: configuration, rebalanceListener: RecordingListener())
+        try await consumerA.subscribe([topic])
+        try await consumerB.subscribe([topic])
+
+        // Both poll until each owns part of the topic and has read something.
+        let bothOwnSomething: @Sendable ([ConsumerRecord]) async throws -> Bool = { _ in
+            let ownedByA = try await consumerA.assignment()
+            let ownedByB = try await consumerB.assignment()
+            return !ownedByA.isEmpty && !ownedByB.isEmpty
+        }
+        async let readByA = pollAndCommit(consumerA, until: bothOwnSomething)
+        let firstByB = try await pollAndCommit(consumerB, until: bothOwnSomething)
+        let firstByA = try await readByA
+        let ownedByA = try await consumerA.assignment()
+        let ownedByB = try await consumerB.assignment()
+        #expect(ownedByA.isDisjoint(with: ownedByB))
+        #expect(ownedByA.union(ownedByB).count == 4)
+
+        // B reads a little more, commits, and leaves.
+        let moreByB = try await pollAndCommit(consumerB) { _ in true }
+        await consumerB.close()
+        let recordsB = firstByB + moreByB
+
+        // A is handed B's partitions and reads everything that is left.
+        let readBefore = firstByA + recordsB
+        let restByA = try await pollAndCommit(consumerA) { read in
+            try await consumerA.assignment().count == 4 && readBefore.count + read.count >= 4_000
+        }
+        await consumerA.close()
+
+        let everything = readBefore + restByA
+        #expect(everything.count == 4_000, "a committed record was read twice or one was skipped")
+        for partition in 0..<4 {
+            let offsets = everything.filter { $0.partition == partition }.map(\.offset).sorted()
+            #expect(offsets == Array(0..<Int64(offsets.count)), "gap in partition \(partition)")
+        }
+        let takenOver = listenerA.assigned.withLock { $0 }.dropFirst().flatMap { $0 }
+        #expect(Set(takenOver).isSuperset(of: ownedByB), "A was not handed B's partitions")
+    }
+
+    @Test func rebalanceListenerChoosesWhereEachPartitionStarts() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("offsets", partitions: 1, replicationFactor: 1)
+        try await produce(100, to: "offsets", bootstrap: cluster.bootstrapServers)
+        let partition = TopicPartition(topic: "offsets", partition: 0)
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "chooser"),
+            rebalanceListener: RecordingListener(startOffsets: [partition: 60]))
+        try await consumer.subscribe(["offsets"])
+        let records = try await pollAndCommit(consumer) { $0.count >= 40 }
+        #expect(records.first?.offset == 60)
+        #expect(records.map(\.offset) == Array(60..<100))
+        #expect(try await consumer.committedOffsets(for: [partition]) == [partition: 100])
+        await consumer.close()
+    }
+
+    @Test func pausedPartitionsDeliverNothingUntilResumed() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("paused", partitions: 2, replicationFactor: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        for partition in Int32(0)..<2 {
+            let results = await producer.send((0..<50).map { ProducerRecord(topic: "paused", partition: partition, key: nil, value: Array("\($0)".utf8)) })
+            for result in results { _ = try result.get() }
+        }
+        await producer.close()
+        let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "pause"))
+        try await consumer.subscribe(["paused"])
+        _ = try await pollAndCommit(consumer) { _ in try await consumer.assignment().count == 2 }
+        try await consumer.seek([TopicPartition(topic: "paused", partition: 0): 0, TopicPartition(topic: "paused", partition: 1): 0])
+        try await consumer.pause([TopicPartition(topic: "paused", partition: 1)])
+        let records = try await pollAndCommit(consumer) { $0.count >= 50 }
+        #expect(records.map(\.partition) == Array(repeating: 0, count: 50))
+        try await consumer.resume([TopicPartition(topic: "paused", partition: 1)])
+        let resumed = try await pollAndCommit(consumer) { $0.count >= 50 }
+        #expect(resumed.map(\.partition) == Array(repeating: 1, count: 50))
+        await consumer.close()
+    }
+}

@@ -1,0 +1,124 @@
+import Kafka
+import Testing
+
+/// Reads every record of a topic from the beginning, as a fresh group.
+func readAll(_ topic: String, bootstrap: String, expecting count: Int) async throws -> [ConsumerRecord] {
+    let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: bootstrap, groupID: "reader-\(topic)"))
+    try await consumer.subscribe([topic])
+    let records = try await pollAndCommit(consumer) { $0.count >= count }
+    // One more poll: anything beyond `count` would be a duplicate.
+    let extra = try await consumer.poll(maxRecords: 1_000, timeout: .milliseconds(500))
+    await consumer.close()
+    return records + extra
+}
+
+@Suite struct ProducerTests {
+    @Test func idempotentProducerDeliversEveryMessageOnceThroughBrokerFaults() async throws {
+        let cluster = try MockCluster(brokers: 3)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("faults", partitions: 3, replicationFactor: 3)
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, properties: ["retry.backoff.ms": "20"]))
+        let perBatch = 1_000
+        func batch(_ number: Int) -> [ProducerRecord] {
+            (0..<perBatch).map { index in
+                let sequence = number * perBatch + index
+                return ProducerRecord(topic: "faults", key: "k\(sequence % 31)", value: "\(sequence)")
+            }
+        }
+        var results: [Result<DeliveryReport, KafkaError>] = []
+        // Leadership errors and timeouts answered by the brokers.
+        cluster.injectRequestErrors(.produce, Array(repeating: .notLeaderForPartition, count: 5) + Array(repeating: .requestTimedOut, count: 5))
+        results += await producer.send(batch(0))
+        // Dropped connections: requests that may or may not have been written, the case
+        // that duplicates messages without idempotence.
+        cluster.injectRequestErrors(.produce, Array(repeating: .transport, count: 6))
+        results += await producer.send(batch(1))
+        // A broker away for a while, then back: the outage length is the fault, not a wait for
+        // anything to happen.
+        try cluster.setBrokerDown(2)
+        async let duringOutage = producer.send(batch(2))
+        try await Task.sleep(for: .milliseconds(500))
+        try cluster.setBrokerUp(2)
+        results += await duringOutage
+        results += await producer.send(batch(3))
+        await producer.close()
+
+        let failures = results.compactMap { if case .failure(let error) = $0 { error } else { nil } }
+        #expect(failures.isEmpty, "\(failures.prefix(3))")
+        let records = try await readAll("faults", bootstrap: cluster.bootstrapServers, expecting: 4 * perBatch)
+        let values = records.map { Int(String(decoding: $0.value!, as: UTF8.self))! }
+        #expect(values.count == 4 * perBatch, "duplicates or losses: \(values.count) records")
+        #expect(Set(values) == Set(0..<(4 * perBatch)))
+        for (_, group) in Dictionary(grouping: records, by: { $0.key! }) {
+            let sequences = group.sorted { $0.offset < $1.offset }.map { Int(String(decoding: $0.value!, as: UTF8.self))! }
+            #expect(sequences == sequences.sorted())
+        }
+    }
+
+    @Test func deliveryReportsCarryPartitionAndOffset() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("reports", partitions: 2, replicationFactor: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        let first = try await producer.send(ProducerRecord(topic: "reports", partition: 1, key: nil, value: Array("a".utf8)))
+        let second = try await producer.send(ProducerRecord(topic: "reports", partition: 1, key: nil, value: Array("b".utf8)))
+        await producer.close()
+        #expect(first == DeliveryReport(topic: "reports", partition: 1, offset: 0))
+        #expect(second == DeliveryReport(topic: "reports", partition: 1, offset: 1))
+    }
+
+    @Test func aFullQueueIsATypedErrorNeverASilentDrop() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("bounded", partitions: 1, replicationFactor: 1)
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, properties: ["queue.buffering.max.messages": "10"],
+                enqueueTimeout: .zero))
+        let results = await producer.send((0..<200).map { ProducerRecord(topic: "bounded", key: nil, value: "\($0)") })
+        await producer.close()
+        let delivered = results.compactMap { try? $0.get() }
+        let queueFull = results.compactMap { if case .failure(let error) = $0, error.kind == .queueFull { error } else { nil } }
+        #expect(!queueFull.isEmpty)
+        #expect(queueFull.allSatisfy { $0.persistence == .notPersisted })
+        #expect(delivered.count + queueFull.count == 200)
+        let stored = try await readAll("bounded", bootstrap: cluster.bootstrapServers, expecting: delivered.count)
+        #expect(stored.count == delivered.count)
+    }
+
+    @Test func aFullQueueMakesSendWaitForRoomWithinTheEnqueueTimeout() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("waiting", partitions: 1, replicationFactor: 1)
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, properties: ["queue.buffering.max.messages": "10"],
+                enqueueTimeout: .seconds(60)))
+        let results = await producer.send((0..<500).map { ProducerRecord(topic: "waiting", key: nil, value: "\($0)") })
+        await producer.close()
+        #expect(results.map { try? $0.get().offset } == (0..<500).map { Int64($0) })
+    }
+
+    @Test func sendingAfterCloseFailsAsClosed() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        await producer.close()
+        await #expect(throws: KafkaError.self) {
+            try await producer.send(ProducerRecord(topic: "any", key: nil, value: "x"))
+        }
+        let result = await producer.send([ProducerRecord(topic: "any", key: nil, value: "x")])
+        #expect(throws: KafkaError.self) { try result[0].get() }
+        if case .failure(let error) = result[0] { #expect(error.kind == .closed) }
+    }
+
+    @Test func invalidPropertiesAreConfigurationErrors() {
+        #expect {
+            _ = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:1", properties: ["acks": "sometimes"]))
+        } throws: { error in
+            (error as? KafkaError)?.kind == .configuration && "\(error)".contains("acks")
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import LocalPostgres
+import Postgres
+import TestSupport
+import Testing
+
+@Suite struct PostgresConnectionTests {
+    @Test func everySupportedParameterTypeRoundTrips() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            func echo(_ parameter: PostgresParameter, as type: String) async throws -> PostgresRow {
+                try await connection.query("SELECT $1::\(type) AS v, pg_typeof($1)::text AS t", [parameter])[0]
+            }
+            #expect(try await echo(.bool(true), as: "boolean").bool("v") == true)
+            #expect(try await echo(.bool(false), as: "boolean").bool("v") == false)
+            #expect(try await echo(.int16(-32768), as: "smallint").int64("v") == -32768)
+            #expect(try await echo(.int32(Int32.max), as: "integer").int64("v") == Int64(Int32.max))
+            #expect(try await echo(.int64(Int64.min), as: "bigint").int64("v") == Int64.min)
+            #expect(try await echo(.double(-0.1), as: "double precision").double("v") == -0.1)
+            let text = "tenant 'a'; DROP TABLE x; -- \u{1F600} \\ \t \"q\""
+            #expect(try await echo(.text(text), as: "text").string("v") == text)
+            #expect(try await echo(.numeric("12345678901234567890.125"), as: "numeric").string("v") == "12345678901234567890.125")
+            #expect(try await echo(.jsonb(#"{"b": [1, 2], "a": "x"}"#), as: "jsonb").string("v") == #"{"a": "x", "b": [1, 2]}"#)
+            let bytes: [UInt8] = [0, 1, 127, 128, 255, 10, 92]
+            #expect(try await echo(.bytea(bytes), as: "bytea").bytes("v") == bytes)
+            let uuid = UUID()
+            #expect(try await echo(.uuid(uuid), as: "uuid").uuid("v") == uuid)
+            let instant = Date(timeIntervalSince1970: 1_764_331_200.123456)
+            let decoded = try await echo(.timestamptz(instant), as: "timestamptz").date("v")!
+            #expect(abs(decoded.timeIntervalSince(instant)) < 0.000_001)
+            let null = try await echo(.null, as: "text")
+            #expect(try null.string("v") == nil)
+            #expect(try await echo(.int64(7), as: "bigint").string("t") == "bigint")
+            await connection.close()
+        }
+    }
+
+    @Test func aFailedTransactionRollsBackEveryStatement() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE ledger (id bigint PRIMARY KEY, amount bigint NOT NULL)")
+            struct Abort: Error {}
+            await #expect(throws: Abort.self) {
+                try await connection.transaction { connection in
+                    try connection.query("INSERT INTO ledger VALUES (1, 10)")
+                    try connection.query("INSERT INTO ledger VALUES (2, 20)")
+                    throw Abort()
+                }
+            }
+            await #expect(throws: PostgresError.self) {
+                try await connection.transaction { connection in
+                    try connection.query("INSERT INTO ledger VALUES (3, 30)")
+                    try connection.query("INSERT INTO ledger VALUES (4, NULL)")
+                }
+            }
+            #expect(try await connection.query("SELECT count(*) AS n FROM ledger")[0].int64("n") == 0)
+            let committed = try await connection.transaction { connection in
+                try connection.query("INSERT INTO ledger VALUES (5, 50) RETURNING amount")[0].int64("amount")
+            }
+            #expect(committed == 50)
+            #expect(try await connection.query("SELECT sum(amount) AS s FROM ledger")[0].int64("s") == 50)
+            await connection.close()
+        }
+    }
+
+    @Test func copyLoadsOneHundredThousandRowsWithEveryCharacterIntact() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE usage (id bigint PRIMARY KEY, tenant text, note text)")
+            let awkward = ["tab\there", "line\nbreak", "back\\slash", "cr\rreturn", "ünïcødé 😀", "\\N", ""]
+            let rows: [[String?]] = (0..<100_000).map { index in
+                [String(index), "tenant_\(index % 1_000)", index % 10 == 0 ? nil : awkward[index % awkward.count]]
+            }
+            let stored = try await connection.copy(into: "usage", columns: ["id", "tenant", "note"], rows: rows)
+            #expect(stored == 100_000)
+            let summary = try await connection.query(
+                "SELECT count(*) AS n, sum(id) AS s, count(DISTINCT tenant) AS t, count(note) AS notes FROM usage")[0]
+            #expect(try summary.int64("n") == 100_000)
+            #expect(try summary.int64("s") == Int64(99_999 * 100_000 / 2))
+            #expect(try summary.int64("t") == 1_000)
+            #expect(try summary.int64("notes") == 90_000)
+            for index in [1, 2, 3, 4, 5, 6, 7] {
+                let note = try await connection.query("SELECT note FROM usage WHERE id = $1", [.int64(Int64(index))])[0].string("note")
+                #expect(note == awkward[index % awkward.count])
+            }
+            await connection.close()
+        }
+    }
+
+    @Test func aCopyRowWithTheWrongWidthIsRejectedAndLoadsNothing() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE narrow (a text, b text)")
+            await #expect(throws: PostgresError.self) {
+                try await connection.copy(into: "narrow", columns: ["a", "b"], rows: [["1", "2"], ["only one"]])
+            }
+            #expect(try await connection.query("SELECT count(*) AS n FROM narrow")[0].int64("n") == 0)
+            #expect(try await connection.query("SELECT 1 AS one")[0].int64("one") == 1)
+            await connection.close()
+        }
+    }
+
+    @Test func aUniqueViolationCarriesSQLState23505() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE tenants (id text PRIMARY KEY)")
+            try await connection.query("INSERT INTO tenants VALUES ($1)", [.text("acme")])
+            await #expect {
+                try await connection.query("INSERT INTO tenants VALUES ($1)", [.text("acme")])
+            } throws: { error in
+                let error = error as! PostgresError
+                return error.kind == .server && error.sqlState == "23505" && error.isUniqueViolation
+                    && error.detail?.contains("acme") == true
+            }
+            #expect(try await connection.isConnected)
+            await connection.close()
+        }
+    }
+
+    @Test func aStoppedServerSurfacesATypedConnectionError() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            #expect(try await connection.query("SELECT 1 AS one")[0].int64("one") == 1)
+            try await server.stop(immediate: true)
+            await #expect {
+                try await connection.query("SELECT 1 AS one")
+            } throws: { error in
+                (error as? PostgresError)?.kind == .connection
+            }
+            #expect(await connection.isConnected == false)
+            await #expect {
+                try await PostgresConnection.connect(server.connectionString)
+            } throws: { error in
+                (error as? PostgresError)?.kind == .connection
+            }
+            // Back up, a new connection works again.
+            try await server.restart()
+            let again = try await PostgresConnection.connect(server.connectionString)
+            #expect(try await again.query("SELECT 2 AS two")[0].int64("two") == 2)
+            await again.close()
+            await connection.close()
+        }
+    }
+
+    @Test func aClosedConnectionRefusesWork() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            await connection.close()
+            await #expect {
+                try await connection.query("SELECT 1")
+            } throws: { error in
+                (error as? PostgresError)?.kind == .closed
+            }
+        }
+    }
+}
