@@ -63,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "ProducerBenchmark",
             dependencies: [
-                "Kafka", "CProducerLoop",
+                "Kafka", "CProducerLoop", "DedicatedThreads",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/ProducerBenchmark"),
@@ -74,6 +74,7 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
+        .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand"]),
         .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Kafka", "TestSupport", "TallyCommand"]),
     ]
 )

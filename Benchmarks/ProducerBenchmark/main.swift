@@ -1,1 +1,160 @@
-// placeholder replaced below
+import ArgumentParser
+import CProducerLoop
+import DedicatedThreads
+import Foundation
+import Kafka
+
+/// Produces the same messages through Tally's Swift producer, the same loop written in C
+/// (the ceiling), and `kcat -P`, all against one embedded mock cluster, and prints the
+/// throughput of each with the ratios. Each contender writes to a topic of its own.
+@main
+struct ProducerBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "producer-benchmark")
+
+    @Option(help: "Messages per run.")
+    var messages = 1_000_000
+
+    @Option(help: "Value size in bytes.")
+    var valueSize = 100
+
+    @Option(help: "Distinct keys (tenants).")
+    var keys = 1_000
+
+    @Option(help: "Runs per contender; the median counts.")
+    var runs = 3
+
+    @Option(help: "Records per Swift send call.")
+    var batchSize = 2_000
+
+    @Option(help: "Swift send calls in flight at once; with the batch size, matches the C loop's 100 000-message queue.")
+    var concurrentBatches = 50
+
+    @Option(help: "Path of kcat; runs without it when missing.")
+    var kcat = "/usr/bin/kcat"
+
+    func run() async throws {
+        let cluster = try MockCluster(brokers: 3)
+        defer { cluster.shutdown() }
+        let bootstrap = cluster.bootstrapServers
+        print("mock cluster \(bootstrap); \(messages) messages of \(valueSize) B over \(keys) keys, \(runs) runs each")
+
+        var results: [(name: String, rates: [Double])] = []
+        var topicNumber = 0
+        func freshTopic() throws -> String {
+            topicNumber += 1
+            let topic = "bench-\(topicNumber)"
+            try cluster.createTopic(topic, partitions: 12, replicationFactor: 3)
+            return topic
+        }
+        let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap))
+        let cLoopThread = DedicatedThreadExecutor(name: "c-loop")
+        defer { cLoopThread.shutdown() }
+
+        var swiftRates: [Double] = []
+        var cRates: [Double] = []
+        var kcatRates: [Double] = []
+        let input = try kcatInput()
+        defer { try? FileManager.default.removeItem(atPath: input) }
+        for run in 1...runs {
+            let swiftTopic = try freshTopic()
+            swiftRates.append(try await measure("swift  run \(run)", topic: swiftTopic, admin: admin) { try await produceWithSwift(bootstrap: bootstrap, topic: swiftTopic) })
+            let cTopic = try freshTopic()
+            let (messages, valueSize, keys) = (messages, valueSize, keys)
+            cRates.append(
+                try await measure("c loop run \(run)", topic: cTopic, admin: admin) {
+                    let delivered = await cLoopThread.run { tally_c_produce_loop(bootstrap, cTopic, messages, valueSize, Int32(keys)) }
+                    guard delivered == messages else { throw ValidationError("C loop delivered \(delivered) of \(messages)") }
+                })
+            if FileManager.default.isExecutableFile(atPath: kcat) {
+                let kcatTopic = try freshTopic()
+                kcatRates.append(try await measure("kcat   run \(run)", topic: kcatTopic, admin: admin) { try await produceWithKcat(bootstrap: bootstrap, topic: kcatTopic, input: input) })
+            }
+        }
+        results.append(("Swift producer (Tally `Kafka` module)", swiftRates))
+        results.append(("C loop over librdkafka (ceiling)", cRates))
+        if !kcatRates.isEmpty { results.append(("kcat -P", kcatRates)) }
+
+        await admin.close()
+        let swiftMedian = median(swiftRates)
+        print("\n| producer | median msgs/s | runs (msgs/s) | Swift ÷ this |")
+        print("|---|---:|---|---:|")
+        for (name, rates) in results {
+            let runsText = rates.map { String(Int($0)) }.joined(separator: ", ")
+            print("| \(name) | \(Int(median(rates))) | \(runsText) | \(String(format: "%.2f", swiftMedian / median(rates))) |")
+        }
+    }
+
+    /// Times `body`, then checks that the topic holds exactly the messages produced.
+    private func measure(_ label: String, topic: String, admin: KafkaAdmin, _ body: () async throws -> Void) async throws -> Double {
+        let start = ContinuousClock.now
+        try await body()
+        let elapsed = start.duration(to: .now)
+        var stored: Int64 = 0
+        for partition in Int32(0)..<12 { stored += try await admin.watermarks(of: TopicPartition(topic: topic, partition: partition)).high }
+        guard stored == messages else { throw ValidationError("\(label): topic holds \(stored) messages, expected \(messages)") }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let rate = Double(messages) / seconds
+        print("\(label): \(Int(rate)) msgs/s (\(String(format: "%.2f", seconds)) s)")
+        return rate
+    }
+
+    /// Several `send` calls in flight at once, each awaiting its delivery reports.
+    private func produceWithSwift(bootstrap: String, topic: String) async throws {
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrap))
+        let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueSize)
+        let keyBytes = (0..<keys).map { Array("tenant_\($0)".utf8) }
+        let (messages, batchSize, keys, concurrentBatches) = (messages, batchSize, keys, concurrentBatches)
+        let failures = try await withThrowingTaskGroup(of: Int.self) { group in
+            var started = 0
+            var failures = 0
+            func startBatch() {
+                let range = started..<min(started + batchSize, messages)
+                started = range.upperBound
+                group.addTask {
+                    let records = range.map { ProducerRecord(topic: topic, key: keyBytes[$0 % keys], value: value) }
+                    return await producer.send(records).reduce(0) { count, result in
+                        if case .failure = result { count + 1 } else { count }
+                    }
+                }
+            }
+            for _ in 0..<concurrentBatches where started < messages { startBatch() }
+            while let failed = try await group.next() {
+                failures += failed
+                if started < messages { startBatch() }
+            }
+            return failures
+        }
+        await producer.close()
+        guard failures == 0 else { throw ValidationError("\(failures) deliveries failed") }
+    }
+
+    private func produceWithKcat(bootstrap: String, topic: String, input: String) async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: kcat)
+        process.arguments = [
+            "-P", "-b", bootstrap, "-t", topic, "-K", ":", "-X", "enable.idempotence=true", "-X", "acks=all",
+            "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=100000", "-l", input,
+        ]
+        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
+            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+            do { try process.run() } catch { continuation.resume(throwing: error) }
+        }
+        guard status == 0 else { throw ValidationError("kcat exited with \(status)") }
+    }
+
+    /// One `key:value` line per message, for `kcat -K : -l`.
+    private func kcatInput() throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("producer-benchmark-\(UUID().uuidString).txt").path
+        let value = String(repeating: "x", count: valueSize)
+        var text = ""
+        text.reserveCapacity(messages * (valueSize + 16))
+        for index in 0..<messages { text += "tenant_\(index % keys):\(value)\n" }
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        return path
+    }
+
+    private func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+    }
+}

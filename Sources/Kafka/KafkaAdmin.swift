@@ -51,7 +51,7 @@ public actor KafkaAdmin {
         let handle = try makeNativeClient(type: RD_KAFKA_PRODUCER, configuration: configuration, context: context, logsOnMainQueue: false)
         self.context = context
         self.handle = NativeHandle(handle)
-        self.executor = DedicatedThreadExecutor(name: "tally.kafka.admin")
+        self.executor = DedicatedThreadExecutor(name: "kafka-admin")
     }
 
     deinit {

@@ -81,7 +81,7 @@ public actor KafkaConsumer {
         rd_kafka_poll_set_consumer(handle)
         self.context = context
         self.handle = NativeHandle(handle)
-        self.executor = DedicatedThreadExecutor(name: "tally.kafka.consumer")
+        self.executor = DedicatedThreadExecutor(name: "kafka-consume")
     }
 
     deinit {

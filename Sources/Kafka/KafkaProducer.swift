@@ -1,4 +1,5 @@
 import CRdKafka
+import DedicatedThreads
 import Foundation
 import Logging
 import Synchronization
@@ -46,9 +47,10 @@ public final class KafkaProducer: Sendable {
         self.context = context
         self.handle = NativeHandle(handle)
         self.enqueueTimeout = configuration.enqueueTimeout
-        let thread = Thread { [context, handle = self.handle] in context.runPollLoop(handle.pointer) }
-        thread.name = "tally.kafka.producer.poll"
-        thread.start()
+        Thread.detachNewThread { [context, handle = self.handle] in
+            nameCurrentThread("kafka-produce")
+            context.runPollLoop(handle.pointer)
+        }
     }
 
     deinit {
@@ -73,6 +75,9 @@ public final class KafkaProducer: Sendable {
             if code == RD_KAFKA_RESP_ERR_NO_ERROR {
                 index += 1
                 waitingSince = nil
+                // Serve ready delivery reports here too, without waiting (timeout 0), as a C
+                // producer loop does: it saves waking the poll thread for every report.
+                if index % 64 == 0 { rd_kafka_poll(handle.pointer, 0) }
                 continue
             }
             if code == RD_KAFKA_RESP_ERR__QUEUE_FULL {
@@ -86,11 +91,15 @@ public final class KafkaProducer: Sendable {
                 context.isClosing
                 ? KafkaError(kind: .closed, message: "producer is closed", persistence: .notPersisted)
                 : KafkaError(code: code, context: "enqueue to \(records[index].topic)", persistence: .notPersisted)
-            context.complete(group: group, index: index, with: .failure(error))
+            context.fail(group: group, index: index, with: error)
             index += 1
             waitingSince = nil
         }
-        return await context.results(of: group)
+        let outcomes = await context.outcomes(of: group)
+        return records.indices.map { index in
+            if let error = outcomes.errors[index] { return .failure(error) }
+            return .success(DeliveryReport(topic: records[index].topic, partition: outcomes.partitions[index], offset: outcomes.offsets[index]))
+        }
     }
 
     /// Waits until every record enqueued so far is acknowledged or failed.
@@ -142,47 +151,68 @@ struct NativeHandle: @unchecked Sendable {
     init(_ pointer: OpaquePointer) { self.pointer = pointer }
 }
 
+/// Runs on the poll thread once per record: it only files the outcome, so that one thread
+/// keeps up with librdkafka's delivery rate.
 private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = {
     rk, message, opaque in
-    guard let rk, let message, let tag = message.pointee._private else { return }
-    let context = ClientContext.from(opaque) as! ProducerContext
+    guard let rk, let message, let tag = message.pointee._private, let opaque else { return }
+    // The opaque is the producer's own context, passed unretained when the client was made.
+    let context = Unmanaged<ProducerContext>.fromOpaque(opaque).takeUnretainedValue()
     let bits = UInt64(UInt(bitPattern: tag))
-    let result: Result<DeliveryReport, KafkaError>
-    if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-        let topic = String(cString: rd_kafka_topic_name(message.pointee.rkt))
-        result = .success(DeliveryReport(topic: topic, partition: message.pointee.partition, offset: message.pointee.offset))
-    } else {
-        let persistence: PersistenceStatus =
-            switch rd_kafka_message_status(message) {
-            case RD_KAFKA_MSG_STATUS_PERSISTED: .persisted
-            case RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED: .possiblyPersisted
-            default: .notPersisted
-            }
-        var error = KafkaError(code: message.pointee.err, context: "delivery", persistence: persistence)
-        if message.pointee.err == RD_KAFKA_RESP_ERR__FATAL {
-            var reason = [CChar](repeating: 0, count: 512)
-            let code = rd_kafka_fatal_error(rk, &reason, reason.count)
-            error = KafkaError(
-                kind: .fatal, code: KafkaErrorCode(code), message: "fatal producer error: \(text(ofBuffer: reason))",
-                persistence: persistence)
-        } else if error.kind == .broker || error.kind == .timedOut {
-            error = KafkaError(kind: .deliveryFailed, code: error.code, message: error.message, persistence: persistence)
-        }
-        result = .failure(error)
+    let (group, index) = (bits >> 32, Int(bits & 0xFFFF_FFFF))
+    let code = message.pointee.err
+    guard code != RD_KAFKA_RESP_ERR_NO_ERROR else {
+        context.deliver(group: group, index: index, partition: message.pointee.partition, offset: message.pointee.offset)
+        return
     }
-    context.complete(group: bits >> 32, index: Int(bits & 0xFFFF_FFFF), with: result)
+    let persistence: PersistenceStatus =
+        switch rd_kafka_message_status(message) {
+        case RD_KAFKA_MSG_STATUS_PERSISTED: .persisted
+        case RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED: .possiblyPersisted
+        default: .notPersisted
+        }
+    var error = KafkaError(code: code, context: "delivery", persistence: persistence)
+    if code == RD_KAFKA_RESP_ERR__FATAL {
+        var reason = [CChar](repeating: 0, count: 512)
+        let fatalCode = rd_kafka_fatal_error(rk, &reason, reason.count)
+        error = KafkaError(
+            kind: .fatal, code: KafkaErrorCode(fatalCode), message: "fatal producer error: \(text(ofBuffer: reason))",
+            persistence: persistence)
+    } else if error.kind == .broker || error.kind == .timedOut {
+        error = KafkaError(kind: .deliveryFailed, code: error.code, message: error.message, persistence: persistence)
+    }
+    context.fail(group: group, index: index, with: error)
+}
+
+/// The outcomes of one `send` call's records, filed by delivery reports. Guarded by the
+/// producer context's lock until complete, then owned by the sender alone.
+final class DeliveryGroup: @unchecked Sendable {
+    var partitions: [Int32]
+    var offsets: [Int64]
+    var errors: [Int: KafkaError] = [:]
+    var settled: [Bool]
+    var remaining: Int
+    var waiter: CheckedContinuation<DeliveryGroup, Never>?
+
+    init(count: Int) {
+        partitions = Array(repeating: -1, count: count)
+        offsets = Array(repeating: -1, count: count)
+        settled = Array(repeating: false, count: count)
+        remaining = count
+    }
+
+    /// Fails every record still waiting.
+    func failUnsettled(with error: KafkaError) {
+        for index in settled.indices where !settled[index] {
+            settled[index] = true
+            errors[index] = error
+        }
+        remaining = 0
+    }
 }
 
 /// Delivery tracking and lifecycle of one producer, shared with its poll thread.
 final class ProducerContext: ClientContext, @unchecked Sendable {
-    typealias Results = [Result<DeliveryReport, KafkaError>]
-
-    private struct Group {
-        var results: [Result<DeliveryReport, KafkaError>?]
-        var remaining: Int
-        var waiter: CheckedContinuation<Results, Never>?
-    }
-
     private struct FlushWaiter {
         let deadline: ContinuousClock.Instant
         let continuation: CheckedContinuation<Void, any Error>
@@ -190,7 +220,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
 
     private struct State {
         var nextGroup: UInt64 = 1
-        var groups: [UInt64: Group] = [:]
+        var groups: [UInt64: DeliveryGroup] = [:]
         var spaceWaiters: [CheckedContinuation<Bool, Never>] = []
         var flushWaiters: [FlushWaiter] = []
         var closeRequest: Duration?
@@ -199,44 +229,54 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     }
 
     private let state = Mutex(State())
+    private let closing = Atomic(false)
 
-    var isClosing: Bool { state.withLock { $0.closeRequest != nil } }
+    /// Checked once per record, so kept out of the lock.
+    var isClosing: Bool { closing.load(ordering: .acquiring) }
 
     func registerGroup(count: Int) -> UInt64 {
         state.withLock { state in
             let id = state.nextGroup
             state.nextGroup += 1
-            state.groups[id] = Group(results: Array(repeating: nil, count: count), remaining: count)
+            state.groups[id] = DeliveryGroup(count: count)
             return id
         }
     }
 
-    func complete(group id: UInt64, index: Int, with result: Result<DeliveryReport, KafkaError>) {
-        let finished: (CheckedContinuation<Results, Never>, Results)? = state.withLock { state in
-            // Moved out of the dictionary so that the results array is mutated in place.
-            guard var group = state.groups.removeValue(forKey: id) else { return nil }
-            guard group.results[index] == nil else {
-                state.groups[id] = group
-                return nil
-            }
-            group.results[index] = result
-            group.remaining -= 1
-            if group.remaining == 0, let waiter = group.waiter {
-                return (waiter, group.results.map { $0! })
-            }
-            state.groups[id] = group
-            return nil
+    func deliver(group id: UInt64, index: Int, partition: Int32, offset: Int64) {
+        settle(group: id, index: index) { group in
+            group.partitions[index] = partition
+            group.offsets[index] = offset
         }
-        if let (waiter, results) = finished { waiter.resume(returning: results) }
     }
 
-    func results(of id: UInt64) async -> Results {
+    func fail(group id: UInt64, index: Int, with error: KafkaError) {
+        settle(group: id, index: index) { $0.errors[index] = error }
+    }
+
+    private func settle(group id: UInt64, index: Int, _ record: (DeliveryGroup) -> Void) {
+        let finished: (CheckedContinuation<DeliveryGroup, Never>, DeliveryGroup)? = state.withLock { state in
+            guard let group = state.groups[id], !group.settled[index] else { return nil }
+            group.settled[index] = true
+            record(group)
+            group.remaining -= 1
+            guard group.remaining == 0, let waiter = group.waiter else { return nil }
+            state.groups[id] = nil
+            return (waiter, group)
+        }
+        if let (waiter, group) = finished { waiter.resume(returning: group) }
+    }
+
+    /// Waits until every record of the group is settled and hands the group over.
+    func outcomes(of id: UInt64) async -> DeliveryGroup {
         await withCheckedContinuation { continuation in
-            let ready: Results? = state.withLock { state in
-                guard state.groups[id]!.remaining > 0 else {
-                    return state.groups.removeValue(forKey: id)!.results.map { $0! }
+            let ready: DeliveryGroup? = state.withLock { state in
+                let group = state.groups[id]!
+                guard group.remaining > 0 else {
+                    state.groups[id] = nil
+                    return group
                 }
-                state.groups[id]!.waiter = continuation
+                group.waiter = continuation
                 return nil
             }
             if let ready { continuation.resume(returning: ready) }
@@ -271,6 +311,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     }
 
     func requestClose(flushTimeout: Duration, waiter: CheckedContinuation<Void, Never>?) {
+        closing.store(true, ordering: .releasing)
         let alreadyClosed = state.withLock { state in
             if state.closed { return true }
             if state.closeRequest == nil { state.closeRequest = flushTimeout }
@@ -334,16 +375,12 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         let closedError = KafkaError(kind: .closed, message: "producer closed before delivery", persistence: .possiblyPersisted)
         let (finished, flushWaiters, closeWaiters) = state.withLock { state in
             state.closed = true
-            var finished: [(CheckedContinuation<Results, Never>, Results)] = []
-            for (id, var group) in state.groups {
-                let results = group.results.map { $0 ?? .failure(closedError) }
-                if let waiter = group.waiter {
-                    finished.append((waiter, results))
+            var finished: [(CheckedContinuation<DeliveryGroup, Never>, DeliveryGroup)] = []
+            for (id, group) in state.groups {
+                group.failUnsettled(with: closedError)
+                if let waiter = group.waiter {  // else its sender is still enqueuing: `outcomes(of:)` finds it complete
+                    finished.append((waiter, group))
                     state.groups[id] = nil
-                } else {  // its sender is still enqueuing: `results(of:)` finds it complete
-                    group.results = results
-                    group.remaining = 0
-                    state.groups[id] = group
                 }
             }
             defer {
@@ -352,7 +389,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
             }
             return (finished, state.flushWaiters, state.closeWaiters)
         }
-        for (waiter, results) in finished { waiter.resume(returning: results) }
+        for (waiter, group) in finished { waiter.resume(returning: group) }
         flushWaiters.forEach { $0.continuation.resume() }
         closeWaiters.forEach { $0.resume() }
     }

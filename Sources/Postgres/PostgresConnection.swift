@@ -24,7 +24,7 @@ public actor PostgresConnection {
 
     /// Connects with a libpq conninfo string or `postgresql://` URL.
     public static func connect(_ conninfo: String, logger: Logger = Logger(label: "tally.postgres")) async throws(PostgresError) -> PostgresConnection {
-        let executor = DedicatedThreadExecutor(name: "tally.postgres")
+        let executor = DedicatedThreadExecutor(name: "postgres")
         let result: Result<NativeConnection, PostgresError> = await executor.run {
             let keywords = ["dbname", "options", "client_encoding"]
             let values = [conninfo, "-c TimeZone=UTC -c DateStyle=ISO", "UTF8"]
