@@ -71,13 +71,10 @@ public final class KafkaProducer: Sendable {
         var waitingSince: ContinuousClock.Instant?
         while index < records.count {
             let opaque = UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index)))
-            let code = enqueue(records[index], opaque: opaque)
+            let code = enqueue(records[index], opaque: opaque, serveReadyReports: index % 64 == 63)
             if code == RD_KAFKA_RESP_ERR_NO_ERROR {
                 index += 1
                 waitingSince = nil
-                // Serve ready delivery reports here too, without waiting (timeout 0), as a C
-                // producer loop does: it saves waking the poll thread for every report.
-                if index % 64 == 0 { rd_kafka_poll(handle.pointer, 0) }
                 continue
             }
             if code == RD_KAFKA_RESP_ERR__QUEUE_FULL {
@@ -114,8 +111,12 @@ public final class KafkaProducer: Sendable {
         }
     }
 
-    private func enqueue(_ record: ProducerRecord, opaque: UnsafeMutableRawPointer?) -> rd_kafka_resp_err_t {
-        if context.isClosing { return RD_KAFKA_RESP_ERR__DESTROY }
+    /// Hands one record to librdkafka. With `serveReadyReports` it then serves delivery reports
+    /// that are already there, without waiting (timeout 0), as a C producer loop does: that
+    /// saves waking the poll thread for every report.
+    private func enqueue(_ record: ProducerRecord, opaque: UnsafeMutableRawPointer?, serveReadyReports: Bool) -> rd_kafka_resp_err_t {
+        guard context.beginUsingHandle() else { return RD_KAFKA_RESP_ERR__DESTROY }
+        defer { context.endUsingHandle() }
         var headers: OpaquePointer?
         if !record.headers.isEmpty {
             headers = rd_kafka_headers_new(record.headers.count)
@@ -136,6 +137,7 @@ public final class KafkaProducer: Sendable {
             }
         }
         if code != RD_KAFKA_RESP_ERR_NO_ERROR, let headers { rd_kafka_headers_destroy(headers) }
+        if serveReadyReports { rd_kafka_poll(handle.pointer, 0) }
         return code
     }
 }
@@ -229,10 +231,26 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     }
 
     private let state = Mutex(State())
-    private let closing = Atomic(false)
-
     /// Checked once per record, so kept out of the lock.
-    var isClosing: Bool { closing.load(ordering: .acquiring) }
+    private let closing = Atomic(false)
+    /// Callers inside librdkafka right now; the handle is destroyed only when none are left.
+    private let handleUsers = Atomic(0)
+
+    var isClosing: Bool { closing.load(ordering: .sequentiallyConsistent) }
+
+    /// Registers a caller about to use the handle; false once the producer is closing.
+    func beginUsingHandle() -> Bool {
+        handleUsers.add(1, ordering: .sequentiallyConsistent)
+        if closing.load(ordering: .sequentiallyConsistent) {
+            handleUsers.subtract(1, ordering: .sequentiallyConsistent)
+            return false
+        }
+        return true
+    }
+
+    func endUsingHandle() {
+        handleUsers.subtract(1, ordering: .sequentiallyConsistent)
+    }
 
     func registerGroup(count: Int) -> UInt64 {
         state.withLock { state in
@@ -311,7 +329,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     }
 
     func requestClose(flushTimeout: Duration, waiter: CheckedContinuation<Void, Never>?) {
-        closing.store(true, ordering: .releasing)
+        closing.store(true, ordering: .sequentiallyConsistent)
         let alreadyClosed = state.withLock { state in
             if state.closed { return true }
             if state.closeRequest == nil { state.closeRequest = flushTimeout }
@@ -371,6 +389,8 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
             rd_kafka_purge(rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
             rd_kafka_flush(rk, 5_000)  // serves the purged records' delivery reports
         }
+        // `closing` is set, so no new caller enters; wait out those already inside librdkafka.
+        while handleUsers.load(ordering: .sequentiallyConsistent) > 0 { Thread.sleep(forTimeInterval: 0.001) }
         rd_kafka_destroy(rk)
         let closedError = KafkaError(kind: .closed, message: "producer closed before delivery", persistence: .possiblyPersisted)
         let (finished, flushWaiters, closeWaiters) = state.withLock { state in

@@ -114,6 +114,36 @@ func readAll(_ topic: String, bootstrap: String, expecting count: Int) async thr
         if case .failure(let error) = result[0] { #expect(error.kind == .closed) }
     }
 
+    @Test func closingWhileOthersSendGivesEveryRecordAnOutcome() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("closing", partitions: 2, replicationFactor: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        let sent = try await withThrowingTaskGroup(of: [Result<DeliveryReport, KafkaError>].self) { group in
+            for sender in 0..<8 {
+                group.addTask {
+                    var results: [Result<DeliveryReport, KafkaError>] = []
+                    for batch in 0..<20 {
+                        results += await producer.send((0..<500).map { ProducerRecord(topic: "closing", key: "s\(sender)", value: "\(batch)-\($0)") })
+                    }
+                    return results
+                }
+            }
+            // Close once the first sender has had every record of a batch answered.
+            let first = try await group.next()!
+            await producer.close()
+            var all = first
+            for try await results in group { all += results }
+            return all
+        }
+        #expect(sent.count == 8 * 20 * 500)
+        let delivered = sent.compactMap { try? $0.get() }
+        let refused = sent.compactMap { if case .failure(let error) = $0 { error } else { nil } }
+        #expect(refused.allSatisfy { $0.kind == .closed })
+        let stored = try await readAll("closing", bootstrap: cluster.bootstrapServers, expecting: delivered.count)
+        #expect(stored.count == delivered.count)
+    }
+
     @Test func invalidPropertiesAreConfigurationErrors() {
         #expect {
             _ = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:1", properties: ["acks": "sometimes"]))
