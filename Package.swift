@@ -42,6 +42,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
+        // The only writer of Postgres: per-tenant schemas, offsets, fenced atomic commits.
+        .target(name: "Sink", dependencies: ["Postgres"]),
+
         // Throwaway PostgreSQL clusters for tests and the local demo.
         .target(name: "LocalPostgres", dependencies: [.product(name: "Subprocess", package: "swift-subprocess")]),
 
@@ -74,6 +77,7 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
+        .testTarget(name: "SinkTests", dependencies: ["Sink", "Postgres", "LocalPostgres", "TestSupport"]),
         .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand"]),
         .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Kafka", "TestSupport", "TallyCommand"]),
     ]

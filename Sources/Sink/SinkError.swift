@@ -1,0 +1,22 @@
+import Postgres
+
+/// Every failure of the Sink.
+public enum SinkError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A tenant id that may not become part of an SQL identifier.
+    case invalidTenant(String)
+    /// The commit carries an owner epoch older than the partition's current one: another
+    /// processor owns the partition now, and nothing was written.
+    case fenced(partition: String, epoch: Int64, currentEpoch: Int64?)
+    /// Postgres failed; nothing of the batch was applied unless `kind` is `.connection` during
+    /// COMMIT, which `SinkStore.commit` resolves before returning.
+    case database(PostgresError)
+
+    public var description: String {
+        switch self {
+        case .invalidTenant(let reason): reason
+        case .fenced(let partition, let epoch, let current):
+            "commit for \(partition) with owner epoch \(epoch) refused: current epoch is \(current.map(String.init) ?? "none")"
+        case .database(let error): "\(error)"
+        }
+    }
+}

@@ -1,0 +1,224 @@
+import Foundation
+import Postgres
+import Synchronization
+
+/// The only writer of Postgres: per-tenant schemas, the offset store and fenced, atomic commits.
+///
+/// Every statement runs inside `PostgresConnection.transaction`, on the connection's own thread.
+/// Identifiers come only from validated `TenantID`s and are quoted; values are bound parameters.
+public final class SinkStore: Sendable {
+    private let connection: PostgresConnection
+    /// Tenants whose schema is known to be at the latest version.
+    private let readyTenants = Mutex<Set<TenantID>>([])
+
+    public init(connection: PostgresConnection) {
+        self.connection = connection
+    }
+
+    /// Creates or migrates the control schema. Safe to run from many processes at once.
+    public func prepare() async throws(SinkError) {
+        try await run { db in
+            try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.control'))")
+            try db.execute(
+                """
+                CREATE SCHEMA IF NOT EXISTS tally;
+                CREATE TABLE IF NOT EXISTS tally.schema_migrations (
+                    version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+                """)
+            let applied = try appliedVersions(db, schema: SinkSchema.control)
+            for (version, sql) in SinkSchema.controlMigrations where !applied.contains(version) {
+                try db.execute(sql)
+                try db.query("INSERT INTO tally.schema_migrations (version) VALUES ($1)", [.int32(Int32(version))])
+            }
+        }
+    }
+
+    /// Creates the tenant's schema, tables and read-only role on first sight, or migrates them.
+    /// Concurrent first sights, from any number of processes, serialize on an advisory lock.
+    public func ensureTenant(_ tenant: TenantID) async throws(SinkError) {
+        if readyTenants.withLock({ $0.contains(tenant) }) { return }
+        try await run { db in
+            try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.tenant.' || $1))", [.text(tenant.rawValue)])
+            let registered = try db.query("SELECT schema_version FROM tally.tenants WHERE tenant_id = $1", [.text(tenant.rawValue)])
+            if let version = try registered.first?.int64("schema_version"), version >= SinkSchema.latestTenantVersion { return }
+            let schema = quoteIdentifier(tenant.schemaName)
+            let reader = quoteIdentifier(tenant.readerRole)
+            try db.execute(
+                """
+                CREATE SCHEMA IF NOT EXISTS \(schema);
+                CREATE TABLE IF NOT EXISTS \(schema).schema_migrations (
+                    version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+                """)
+            let applied = try appliedVersions(db, schema: tenant.schemaName)
+            for (version, sql) in SinkSchema.tenantMigrations where !applied.contains(version) {
+                try db.execute(sql.replacingOccurrences(of: "{schema}", with: schema))
+                try db.query("INSERT INTO \(schema).schema_migrations (version) VALUES ($1)", [.int32(Int32(version))])
+            }
+            if try db.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [.text(tenant.readerRole)]).isEmpty {
+                try db.execute("CREATE ROLE \(reader) NOLOGIN")
+            }
+            try db.execute(
+                """
+                GRANT USAGE ON SCHEMA \(schema) TO \(reader);
+                GRANT SELECT ON ALL TABLES IN SCHEMA \(schema) TO \(reader);
+                ALTER DEFAULT PRIVILEGES IN SCHEMA \(schema) GRANT SELECT ON TABLES TO \(reader);
+                """)
+            try db.query(
+                """
+                INSERT INTO tally.tenants (tenant_id, schema_name, reader_role, schema_version) VALUES ($1, $2, $3, $4)
+                ON CONFLICT (tenant_id) DO UPDATE SET schema_version = EXCLUDED.schema_version
+                """,
+                [.text(tenant.rawValue), .text(tenant.schemaName), .text(tenant.readerRole), .int32(Int32(SinkSchema.latestTenantVersion))])
+        }
+        readyTenants.withLock { _ = $0.insert(tenant) }
+    }
+
+    /// Every registered tenant.
+    public func tenants() async throws(SinkError) -> [TenantID] {
+        try await run { db in
+            try db.query("SELECT tenant_id FROM tally.tenants ORDER BY tenant_id").map { row in
+                try TenantID(try row.string("tenant_id") ?? "")
+            }
+        }
+    }
+
+    /// Takes ownership of partitions for a consumer group: each gets a new owner epoch, which
+    /// fences off any earlier owner, and the stored next offset to seek to.
+    public func acquire(_ partitions: [LogPartition], group: String) async throws(SinkError) -> [LogPartition: PartitionOwnership] {
+        try await run { db in
+            var owned: [LogPartition: PartitionOwnership] = [:]
+            for partition in partitions.sorted() {
+                let key: [PostgresParameter] = [.text(group), .text(partition.topic), .int32(partition.partition)]
+                let epoch = try db.query(
+                    """
+                    INSERT INTO tally.partition_owners (consumer_group, topic, partition, epoch) VALUES ($1, $2, $3, 1)
+                    ON CONFLICT (consumer_group, topic, partition)
+                    DO UPDATE SET epoch = tally.partition_owners.epoch + 1, acquired_at = now()
+                    RETURNING epoch
+                    """, key)[0].int64("epoch")!
+                let stored = try db.query(
+                    "SELECT next_offset FROM tally.offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3", key)
+                owned[partition] = PartitionOwnership(epoch: epoch, nextOffset: try stored.first?.int64("next_offset"))
+            }
+            return owned
+        }
+    }
+
+    /// The stored next offsets of a consumer group.
+    public func offsets(group: String) async throws(SinkError) -> [LogPartition: CommittedPosition] {
+        try await run { db in
+            var positions: [LogPartition: CommittedPosition] = [:]
+            for row in try db.query("SELECT topic, partition, next_offset, epoch FROM tally.offsets WHERE consumer_group = $1", [.text(group)]) {
+                let partition = LogPartition(topic: try row.string("topic")!, partition: Int32(try row.int64("partition")!))
+                positions[partition] = CommittedPosition(nextOffset: try row.int64("next_offset")!, epoch: try row.int64("epoch")!)
+            }
+            return positions
+        }
+    }
+
+    /// Writes a batch's rows, for any number of tenants, and its offsets in one transaction.
+    /// A position whose epoch is not the partition's current one fails the whole batch as
+    /// `fenced`; any other failure also leaves neither rows nor offsets behind.
+    public func commit(_ batch: SinkBatch) async throws(SinkError) {
+        let tenants = Set(batch.usage.map(\.tenant))
+        for tenant in tenants.sorted() { try await ensureTenant(tenant) }
+        // One row per key: the last state of a window in the batch wins.
+        var latest: [UsageKey: UsageRow] = [:]
+        for row in batch.usage { latest[UsageKey(row)] = row }
+        let rows = Array(latest.values)
+        try await run { db in
+            for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
+                let current = try db.query(
+                    "SELECT epoch FROM tally.partition_owners WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+                    [.text(batch.consumerGroup), .text(partition.topic), .int32(partition.partition)]
+                ).first?.int64("epoch")
+                guard current == position.epoch else {
+                    throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
+                }
+            }
+            if !rows.isEmpty { try writeUsage(rows, tenants: tenants, db) }
+            for (partition, position) in batch.positions {
+                try db.query(
+                    """
+                    INSERT INTO tally.offsets (consumer_group, topic, partition, next_offset, epoch) VALUES ($1, $2, $3, $4, $5)
+                    ON CONFLICT (consumer_group, topic, partition)
+                    DO UPDATE SET next_offset = EXCLUDED.next_offset, epoch = EXCLUDED.epoch, updated_at = now()
+                    """,
+                    [.text(batch.consumerGroup), .text(partition.topic), .int32(partition.partition), .int64(position.nextOffset), .int64(position.epoch)])
+            }
+        }
+    }
+
+    /// Runs `body` as one transaction on the connection's thread, mapping errors to `SinkError`.
+    private func run<T: Sendable>(_ body: @escaping @Sendable (isolated PostgresConnection) throws -> T) async throws(SinkError) -> T {
+        do {
+            return try await connection.transaction(body)
+        } catch let error as SinkError {
+            throw error
+        } catch let error as PostgresError {
+            throw .database(error)
+        } catch {
+            throw .database(PostgresError(kind: .invalidData, message: "\(error)"))
+        }
+    }
+}
+
+/// The primary key of a usage row.
+private struct UsageKey: Hashable {
+    let tenant: TenantID, meter: String, subject: String, windowSize: String, windowStart: Date, groupKey: String
+    init(_ row: UsageRow) {
+        (tenant, meter, subject, windowSize, windowStart, groupKey) =
+            (row.tenant, row.meter, row.subject, row.windowSize.rawValue, row.windowStart, row.groupKey)
+    }
+}
+
+private func appliedVersions(_ db: isolated PostgresConnection, schema: String) throws -> Set<Int> {
+    Set(try db.query("SELECT version FROM \(quoteIdentifier(schema)).schema_migrations").map { Int(try $0.int64("version")!) })
+}
+
+/// Stages the rows with COPY, then upserts each tenant's share into its own schema.
+private func writeUsage(_ rows: [UsageRow], tenants: Set<TenantID>, _ db: isolated PostgresConnection) throws {
+    let columns = ["tenant", "meter", "subject", "window_size", "window_start", "group_key", "value", "event_count", "first_event_at", "last_event_at"]
+    try db.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS sink_usage (
+            tenant text, meter text, subject text, window_size text, window_start timestamptz, group_key text,
+            value numeric, event_count bigint, first_event_at timestamptz, last_event_at timestamptz
+        ) ON COMMIT DELETE ROWS
+        """)
+    try db.copy(
+        into: "sink_usage", columns: columns,
+        rows: rows.lazy.map { row in
+            [
+                row.tenant.rawValue, row.meter, row.subject, row.windowSize.rawValue, timestampText(row.windowStart), row.groupKey,
+                "\(row.value)", String(row.eventCount), timestampText(row.firstEventAt), timestampText(row.lastEventAt),
+            ]
+        })
+    for tenant in tenants.sorted() {
+        try db.query(
+            """
+            INSERT INTO \(quoteIdentifier(tenant.schemaName)).usage
+                (meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at)
+            SELECT meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at
+            FROM sink_usage WHERE tenant = $1
+            ON CONFLICT (meter, window_size, window_start, subject, group_key) DO UPDATE SET
+                value = EXCLUDED.value, event_count = EXCLUDED.event_count, first_event_at = EXCLUDED.first_event_at,
+                last_event_at = EXCLUDED.last_event_at, updated_at = now()
+            """, [.text(tenant.rawValue)])
+    }
+}
+
+/// A UTC timestamp in a form Postgres reads exactly, to the microsecond.
+private func timestampText(_ date: Date) -> String {
+    let (seconds, fraction) = Int64((date.timeIntervalSince1970 * 1_000_000).rounded()).quotientAndRemainder(dividingBy: 1_000_000)
+    let (whole, micros) = fraction < 0 ? (seconds - 1, fraction + 1_000_000) : (seconds, fraction)
+    var calendar = Calendar(identifier: .gregorian)
+    calendar.timeZone = TimeZone(identifier: "UTC")!
+    let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: TimeInterval(whole)))
+    func padded(_ value: Int, _ width: Int) -> String {
+        let digits = String(value)
+        return String(repeating: "0", count: max(0, width - digits.count)) + digits
+    }
+    return "\(padded(parts.year!, 4))-\(padded(parts.month!, 2))-\(padded(parts.day!, 2)) "
+        + "\(padded(parts.hour!, 2)):\(padded(parts.minute!, 2)):\(padded(parts.second!, 2)).\(padded(Int(micros), 6))+00"
+}

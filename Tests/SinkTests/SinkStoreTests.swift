@@ -1,0 +1,151 @@
+import Foundation
+import LocalPostgres
+import Postgres
+import Sink
+import TestSupport
+import Testing
+
+/// A prepared Sink on a new throwaway Postgres, plus a superuser connection for checking.
+func withSink<T: Sendable>(_ body: (SinkStore, PostgresConnection, LocalPostgresServer) async throws -> T) async throws -> T {
+    try await withLocalPostgres { server in
+        let sink = SinkStore(connection: try await PostgresConnection.connect(server.connectionString))
+        try await sink.prepare()
+        let inspector = try await PostgresConnection.connect(server.connectionString)
+        let value = try await body(sink, inspector, server)
+        await inspector.close()
+        return value
+    }
+}
+
+func usage(_ tenant: String, meter: String = "api_calls", subject: String = "customer_1", value: Decimal = 5, count: Int64 = 5) throws -> UsageRow {
+    let start = Date(timeIntervalSince1970: 1_764_288_000)  // 2025-11-28 00:00 UTC
+    return UsageRow(
+        tenant: try TenantID(tenant), meter: meter, subject: subject, windowSize: .hour, windowStart: start, value: value,
+        eventCount: count, firstEventAt: start.addingTimeInterval(1.5), lastEventAt: start.addingTimeInterval(3599.999999))
+}
+
+func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
+    try await db.query(sql)[0].int64("n") ?? -1
+}
+
+@Suite struct SinkStoreTests {
+    @Test func firstSightCreatesTheSchemaTablesRoleAndRegistryEntry() async throws {
+        try await withSink { sink, db, _ in
+            try await sink.ensureTenant(try TenantID("acme"))
+            try await sink.ensureTenant(try TenantID("acme"))  // a second sight changes nothing
+            #expect(try await sink.tenants() == [try TenantID("acme")])
+            #expect(try await count("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'tenant_acme' AND table_name = 'usage'", db) == 1)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 1)
+            #expect(try await count("SELECT count(*) AS n FROM pg_roles WHERE rolname = 'tally_reader_acme' AND NOT rolcanlogin", db) == 1)
+        }
+    }
+
+    @Test func concurrentFirstSightsFromSeparateSessionsAllSucceed() async throws {
+        try await withSink { _, db, server in
+            let stores = try await (0..<6).asyncMap { _ in SinkStore(connection: try await PostgresConnection.connect(server.connectionString)) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for store in stores {
+                    group.addTask {
+                        for tenant in ["alpha", "beta", "gamma"] { try await store.ensureTenant(try TenantID(tenant)) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await count("SELECT count(*) AS n FROM tally.tenants", db) == 3)
+            #expect(try await count("SELECT count(*) AS n FROM pg_namespace WHERE nspname LIKE 'tenant\\_%'", db) == 3)
+        }
+    }
+
+    @Test(arguments: ["acme'; DROP SCHEMA tally CASCADE; --", "Acme", "9lives", "", "a\"b", "tenant;", "acmé", "a b",
+                      String(repeating: "a", count: 200), "a-b", "_acme", "ｆｕｌｌ"])
+    func hostileTenantIDsAreRefusedBeforeAnySQL(id: String) async throws {
+        #expect(throws: SinkError.self) { try TenantID(id) }
+    }
+
+    @Test func aBatchWritesEveryTenantsRowsAndTheOffsetsTogether() async throws {
+        try await withSink { sink, db, _ in
+            let partition = LogPartition(topic: "events", partition: 3)
+            let owner = try await sink.acquire([partition], group: "usage")
+            #expect(owner[partition] == PartitionOwnership(epoch: 1, nextOffset: nil))
+            let batch = SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 120, epoch: 1)],
+                usage: [try usage("acme", value: Decimal(string: "12.345")!), try usage("globex", subject: "c9", value: 7, count: 7)])
+            try await sink.commit(batch)
+            try await sink.commit(batch)  // absolute rows: applying the same batch again changes nothing
+            let acme = try await db.query("SELECT value, event_count, first_event_at, last_event_at FROM tenant_acme.usage")
+            #expect(acme.count == 1)
+            #expect(try acme[0].string("value") == "12.345")
+            #expect(try acme[0].date("last_event_at") == Date(timeIntervalSince1970: 1_764_288_000 + 3599.999999))
+            #expect(try await count("SELECT count(*) AS n FROM tenant_globex.usage WHERE subject = 'c9' AND value = 7", db) == 1)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.usage WHERE subject = 'c9'", db) == 0)
+            #expect(try await sink.offsets(group: "usage") == [partition: CommittedPosition(nextOffset: 120, epoch: 1)])
+            #expect(try await sink.acquire([partition], group: "usage")[partition] == PartitionOwnership(epoch: 2, nextOffset: 120))
+        }
+    }
+
+    @Test func aFailureInsideTheBatchLeavesNeitherRowsNorOffsets() async throws {
+        try await withSink { sink, db, _ in
+            let partition = LogPartition(topic: "events", partition: 0)
+            _ = try await sink.acquire([partition], group: "usage")
+            // The second tenant's row breaks a constraint after the first tenant's rows were staged.
+            let batch = SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 50, epoch: 1)],
+                usage: [try usage("aaa"), try usage("zzz", count: -1)])
+            await #expect(throws: SinkError.self) { try await sink.commit(batch) }
+            #expect(try await count("SELECT count(*) AS n FROM tenant_aaa.usage", db) == 0)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_zzz.usage", db) == 0)
+            #expect(try await sink.offsets(group: "usage").isEmpty)
+        }
+    }
+
+    @Test func aCommitFromAFencedOffOwnerIsRejectedAndWritesNothing() async throws {
+        try await withSink { sink, db, _ in
+            let partition = LogPartition(topic: "events", partition: 1)
+            let zombie = try await sink.acquire([partition], group: "usage")[partition]!
+            let successor = try await sink.acquire([partition], group: "usage")[partition]!
+            #expect(successor.epoch == zombie.epoch + 1)
+            let stale = SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 10, epoch: zombie.epoch)],
+                usage: [try usage("acme")])
+            await #expect(throws: SinkError.fenced(partition: "events[1]", epoch: zombie.epoch, currentEpoch: successor.epoch)) {
+                try await sink.commit(stale)
+            }
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.usage", db) == 0)
+            #expect(try await sink.offsets(group: "usage").isEmpty)
+            var current = stale
+            current.positions[partition]!.epoch = successor.epoch
+            try await sink.commit(current)
+            #expect(try await sink.offsets(group: "usage")[partition]?.nextOffset == 10)
+        }
+    }
+
+    @Test func aTenantsReaderSeesOnlyItsOwnSchema() async throws {
+        try await withSink { sink, db, server in
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
+            try await db.execute("CREATE ROLE acme_dashboard LOGIN IN ROLE tally_reader_acme")
+            let reader = try await PostgresConnection.connect(server.connectionString(database: "postgres", user: "acme_dashboard"))
+            #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1)
+            for forbidden in ["SELECT * FROM tenant_globex.usage", "SELECT * FROM tally.offsets", "SELECT * FROM tally.tenants"] {
+                await #expect {
+                    try await reader.query(forbidden)
+                } throws: { error in
+                    (error as? PostgresError)?.sqlState == "42501"
+                }
+            }
+            await #expect {
+                try await reader.query("INSERT INTO tenant_acme.usage SELECT * FROM tenant_acme.usage")
+            } throws: { error in
+                (error as? PostgresError)?.sqlState == "42501"
+            }
+            await reader.close()
+        }
+    }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}
