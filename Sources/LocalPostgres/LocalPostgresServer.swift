@@ -42,7 +42,8 @@ public final class LocalPostgresServer: Sendable {
     }
 
     /// Creates and starts a new cluster. `durable: false` turns off fsync, which only matters
-    /// when the machine itself crashes; tests use it for speed.
+    /// when the machine itself crashes (a crashed or killed server still recovers every
+    /// acknowledged commit); tests use it for speed.
     public static func start(durable: Bool = true) async throws -> LocalPostgresServer {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tally-pg-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -51,7 +52,8 @@ public final class LocalPostgresServer: Sendable {
             "\(binDirectory)/initdb",
             ["-D", directory.appendingPathComponent("data").path, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
         var settings = ["listen_addresses = '127.0.0.1'", "unix_socket_directories = '\(directory.path)'", "max_connections = 200"]
-        if !durable { settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"] }
+        // Never `synchronous_commit = off`: it acknowledges commits that a server crash loses.
+        if !durable { settings += ["fsync = off", "full_page_writes = off"] }
         let configuration = directory.appendingPathComponent("data/postgresql.auto.conf")
         try (settings.joined(separator: "\n") + "\n").write(to: configuration, atomically: false, encoding: .utf8)
         var lastError: (any Error)?

@@ -11,6 +11,11 @@ public enum SinkError: Error, Sendable, Equatable, CustomStringConvertible {
     /// COMMIT, which `SinkStore.commit` resolves before returning.
     case database(PostgresError)
 
+    /// The connection to Postgres broke: the outcome of the statement in flight is unknown.
+    public var isConnectionLoss: Bool {
+        if case .database(let error) = self { error.kind == .connection } else { false }
+    }
+
     public var description: String {
         switch self {
         case .invalidTenant(let reason): reason

@@ -6,13 +6,16 @@ import Synchronization
 ///
 /// Every statement runs inside `PostgresConnection.transaction`, on the connection's own thread.
 /// Identifiers come only from validated `TenantID`s and are quoted; values are bound parameters.
+/// A broken connection is replaced on the next call, so the store survives Postgres restarts.
 public final class SinkStore: Sendable {
-    private let connection: PostgresConnection
+    private let conninfo: String
+    private let current = Mutex<PostgresConnection?>(nil)
     /// Tenants whose schema is known to be at the latest version.
     private let readyTenants = Mutex<Set<TenantID>>([])
 
-    public init(connection: PostgresConnection) {
-        self.connection = connection
+    /// `conninfo` is a libpq connection string or URL; connecting happens on first use.
+    public init(conninfo: String) {
+        self.conninfo = conninfo
     }
 
     /// Creates or migrates the control schema. Safe to run from many processes at once.
@@ -126,6 +129,24 @@ public final class SinkStore: Sendable {
         var latest: [UsageKey: UsageRow] = [:]
         for row in batch.usage { latest[UsageKey(row)] = row }
         let rows = Array(latest.values)
+        do {
+            try await apply(batch, rows: rows, tenants: tenants)
+        } catch let error where error.isConnectionLoss {
+            // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
+            // Its positions (offset and epoch) are stored with it, so they tell which.
+            if try await isStored(batch) { return }
+            throw error
+        }
+    }
+
+    /// Whether every position of the batch is what the offset store holds.
+    private func isStored(_ batch: SinkBatch) async throws(SinkError) -> Bool {
+        guard !batch.positions.isEmpty else { return false }
+        let stored = try await offsets(group: batch.consumerGroup)
+        return batch.positions.allSatisfy { stored[$0.key] == $0.value }
+    }
+
+    private func apply(_ batch: SinkBatch, rows: [UsageRow], tenants: Set<TenantID>) async throws(SinkError) {
         try await run { db in
             for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
                 let current = try db.query(
@@ -150,16 +171,42 @@ public final class SinkStore: Sendable {
     }
 
     /// Runs `body` as one transaction on the connection's thread, mapping errors to `SinkError`.
+    /// A connection that broke is dropped, so the next call connects anew.
     private func run<T: Sendable>(_ body: @escaping @Sendable (isolated PostgresConnection) throws -> T) async throws(SinkError) -> T {
+        let connection = try await connection()
         do {
             return try await connection.transaction(body)
         } catch let error as SinkError {
             throw error
         } catch let error as PostgresError {
+            if error.kind == .connection {
+                current.withLock { if $0 === connection { $0 = nil } }
+                await connection.close()
+            }
             throw .database(error)
         } catch {
             throw .database(PostgresError(kind: .invalidData, message: "\(error)"))
         }
+    }
+
+    private func connection() async throws(SinkError) -> PostgresConnection {
+        if let connection = current.withLock({ $0 }) { return connection }
+        do {
+            let connection = try await PostgresConnection.connect(conninfo)
+            current.withLock { $0 = connection }
+            return connection
+        } catch {
+            throw .database(error)
+        }
+    }
+
+    /// Closes the connection; the next call opens a new one.
+    public func close() async {
+        let connection = current.withLock { connection in
+            defer { connection = nil }
+            return connection
+        }
+        await connection?.close()
     }
 }
 

@@ -8,11 +8,12 @@ import Testing
 /// A prepared Sink on a new throwaway Postgres, plus a superuser connection for checking.
 func withSink<T: Sendable>(_ body: (SinkStore, PostgresConnection, LocalPostgresServer) async throws -> T) async throws -> T {
     try await withLocalPostgres { server in
-        let sink = SinkStore(connection: try await PostgresConnection.connect(server.connectionString))
+        let sink = SinkStore(conninfo: server.connectionString)
         try await sink.prepare()
         let inspector = try await PostgresConnection.connect(server.connectionString)
         let value = try await body(sink, inspector, server)
         await inspector.close()
+        await sink.close()
         return value
     }
 }
@@ -42,7 +43,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
 
     @Test func concurrentFirstSightsFromSeparateSessionsAllSucceed() async throws {
         try await withSink { _, db, server in
-            let stores = try await (0..<6).asyncMap { _ in SinkStore(connection: try await PostgresConnection.connect(server.connectionString)) }
+            let stores = (0..<6).map { _ in SinkStore(conninfo: server.connectionString) }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for store in stores {
                     group.addTask {
@@ -51,6 +52,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
                 }
                 try await group.waitForAll()
             }
+            for store in stores { await store.close() }
             #expect(try await count("SELECT count(*) AS n FROM tally.tenants", db) == 3)
             #expect(try await count("SELECT count(*) AS n FROM pg_namespace WHERE nspname LIKE 'tenant\\_%'", db) == 3)
         }
@@ -119,6 +121,74 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
+    @Test func aConnectionLostDuringCommitIsResolvedWithoutApplyingTwice() async throws {
+        try await withSink { sink, db, _ in
+            let partition = LogPartition(topic: "events", partition: 2)
+            _ = try await sink.acquire([partition], group: "usage")
+            try await sink.commit(SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 10, epoch: 1)],
+                usage: [try usage("acme", value: 5, count: 5)]))
+            // At COMMIT, a deferred trigger kills the committing backend: the client loses its
+            // connection in the middle of COMMIT and the transaction does not survive.
+            try await db.execute(
+                """
+                CREATE FUNCTION public.die_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+                $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
+                CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT OR UPDATE ON tally.offsets
+                    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.die_at_commit();
+                """)
+            let next = SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 25, epoch: 1)],
+                usage: [try usage("acme", value: 12, count: 12)])
+            await #expect {
+                try await sink.commit(next)
+            } throws: { error in
+                (error as? SinkError)?.isConnectionLoss == true
+            }
+            // Not stored, and nothing half-stored.
+            #expect(try await sink.offsets(group: "usage")[partition]?.nextOffset == 10)
+            #expect(try await db.query("SELECT value FROM tenant_acme.usage")[0].string("value") == "5")
+            // The caller retries; the store reconnects on its own.
+            try await db.execute("DROP TRIGGER die_at_commit ON tally.offsets")
+            try await sink.commit(next)
+            #expect(try await sink.offsets(group: "usage")[partition]?.nextOffset == 25)
+            #expect(try await db.query("SELECT value, event_count FROM tenant_acme.usage")[0].string("value") == "12")
+        }
+    }
+
+    @Test func postgresRestartedMidStreamLosesNothingOnceItIsBack() async throws {
+        try await withLocalPostgres { server in
+            let sink = SinkStore(conninfo: server.connectionString)
+            try await sink.prepare()
+            let partition = LogPartition(topic: "events", partition: 0)
+            var epoch = try await sink.acquire([partition], group: "usage")[partition]!.epoch
+            func batch(_ number: Int) throws -> SinkBatch {
+                SinkBatch(
+                    consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: Int64(number + 1) * 100, epoch: epoch)],
+                    usage: [try usage("acme", subject: "s\(number)", value: Decimal(number), count: Int64(number))])
+            }
+            for number in 0..<5 { try await sink.commit(try batch(number)) }
+            try await server.stop(immediate: true)
+            await #expect {
+                try await sink.commit(try batch(5))
+            } throws: { error in
+                (error as? SinkError)?.isConnectionLoss == true
+            }
+            try await server.restart()
+            // After a restart a processor re-acquires its partitions and resumes from the store.
+            let resumed = try await sink.acquire([partition], group: "usage")[partition]!
+            #expect(resumed.nextOffset == 500)
+            epoch = resumed.epoch
+            for number in 5..<10 { try await sink.commit(try batch(number)) }
+            let check = try await PostgresConnection.connect(server.connectionString)
+            #expect(try await check.query("SELECT count(*) AS n, sum(event_count) AS s FROM tenant_acme.usage")[0].int64("s") == 45)
+            #expect(try await check.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 10)
+            #expect(try await sink.offsets(group: "usage")[partition]?.nextOffset == 1_000)
+            await check.close()
+            await sink.close()
+        }
+    }
+
     @Test func aTenantsReaderSeesOnlyItsOwnSchema() async throws {
         try await withSink { sink, db, server in
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
@@ -142,10 +212,3 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
     }
 }
 
-extension Sequence {
-    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
-        var results: [T] = []
-        for element in self { results.append(try await transform(element)) }
-        return results
-    }
-}
