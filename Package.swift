@@ -55,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "TallyCommand",
             dependencies: [
-                "Kafka", "Postgres", "LocalPostgres", "TopicCatalog",
+                "Kafka", "Postgres", "LocalPostgres", "Sink", "TopicCatalog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -77,7 +77,7 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
-        .testTarget(name: "SinkTests", dependencies: ["Sink", "Postgres", "LocalPostgres", "TestSupport"]),
+        .testTarget(name: "SinkTests", dependencies: ["Sink", "Postgres", "LocalPostgres", "TestSupport", "TallyCommand"]),
         .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand"]),
         .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Kafka", "TestSupport", "TallyCommand"]),
     ]

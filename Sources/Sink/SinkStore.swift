@@ -9,13 +9,17 @@ import Synchronization
 /// A broken connection is replaced on the next call, so the store survives Postgres restarts.
 public final class SinkStore: Sendable {
     private let conninfo: String
+    private let lockTimeout: Duration?
     private let current = Mutex<PostgresConnection?>(nil)
     /// Tenants whose schema is known to be at the latest version.
     private let readyTenants = Mutex<Set<TenantID>>([])
 
-    /// `conninfo` is a libpq connection string or URL; connecting happens on first use.
-    public init(conninfo: String) {
+    /// `conninfo` is a libpq connection string or URL; connecting happens on first use. With a
+    /// `lockTimeout`, a transaction that waits longer than that for a lock fails instead of
+    /// queueing behind it (SQLSTATE 55P03), e.g. migrations on a busy database.
+    public init(conninfo: String, lockTimeout: Duration? = nil) {
         self.conninfo = conninfo
+        self.lockTimeout = lockTimeout
     }
 
     /// Creates or migrates the control schema. Safe to run from many processes at once.
@@ -74,6 +78,44 @@ public final class SinkStore: Sendable {
                 [.text(tenant.rawValue), .text(tenant.schemaName), .text(tenant.readerRole), .int32(Int32(SinkSchema.latestTenantVersion))])
         }
         readyTenants.withLock { _ = $0.insert(tenant) }
+    }
+
+    /// Brings every registered tenant's schema to the latest version, `parallelism` at a time,
+    /// reporting each finished tenant. Returns the tenants that failed, with their errors.
+    public func migrateAllTenants(
+        parallelism: Int, progress: @Sendable (_ done: Int, _ total: Int, TenantID) -> Void
+    ) async throws(SinkError) -> [TenantID: SinkError] {
+        try await prepare()
+        let tenants = try await tenants()
+        let (conninfo, lockTimeout) = (conninfo, lockTimeout)
+        var failures: [TenantID: SinkError] = [:]
+        var done = 0
+        await withTaskGroup(of: (TenantID, SinkError?).self) { group in
+            var pending = tenants.makeIterator()
+            func startNext() {
+                guard let tenant = pending.next() else { return }
+                group.addTask {
+                    let store = SinkStore(conninfo: conninfo, lockTimeout: lockTimeout)
+                    let failure: SinkError?
+                    do throws(SinkError) {
+                        try await store.ensureTenant(tenant)
+                        failure = nil
+                    } catch {
+                        failure = error
+                    }
+                    await store.close()
+                    return (tenant, failure)
+                }
+            }
+            for _ in 0..<max(1, parallelism) { startNext() }
+            while let (tenant, error) = await group.next() {
+                done += 1
+                if let error { failures[tenant] = error }
+                progress(done, tenants.count, tenant)
+                startNext()
+            }
+        }
+        return failures
     }
 
     /// Every registered tenant.
@@ -174,8 +216,12 @@ public final class SinkStore: Sendable {
     /// A connection that broke is dropped, so the next call connects anew.
     private func run<T: Sendable>(_ body: @escaping @Sendable (isolated PostgresConnection) throws -> T) async throws(SinkError) -> T {
         let connection = try await connection()
+        let lockTimeoutSetting = lockTimeout.map { "SET LOCAL lock_timeout = '\(max(1, $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000))ms'" }
         do {
-            return try await connection.transaction(body)
+            return try await connection.transaction { db in
+                if let lockTimeoutSetting { try db.execute(lockTimeoutSetting) }
+                return try body(db)
+            }
         } catch let error as SinkError {
             throw error
         } catch let error as PostgresError {

@@ -1,0 +1,57 @@
+import Foundation
+import Postgres
+import Sink
+import TestSupport
+import Testing
+
+/// The Sink's admin commands, run as real processes against a real Postgres.
+@Suite struct SinkCommandTests {
+    @Test func twoProcessesSeeingTheSameTenantsFirstBothSucceed() async throws {
+        try await withLocalPostgres { server in
+            let tenants = (0..<8).map { "shop_\($0)" }
+            async let first = TallyProcess.run(["sink", "add-tenant", "--postgres", server.connectionString] + tenants)
+            async let second = TallyProcess.run(["sink", "add-tenant", "--postgres", server.connectionString] + tenants.reversed())
+            let runs = try await [first, second]
+            for run in runs { #expect(run.status == 0, "\(run.errors)") }
+            let db = try await PostgresConnection.connect(server.connectionString)
+            #expect(try await db.query("SELECT count(*) AS n FROM tally.tenants")[0].int64("n") == 8)
+            #expect(try await db.query("SELECT count(*) AS n FROM pg_namespace WHERE nspname LIKE 'tenant\\_shop\\_%'")[0].int64("n") == 8)
+            await db.close()
+        }
+    }
+
+    @Test func migrateBringsEveryOldTenantToTheLatestVersionWithProgress() async throws {
+        try await withLocalPostgres { server in
+            let store = SinkStore(conninfo: server.connectionString)
+            try await store.prepare()
+            await store.close()
+            // Tenants as an older release left them: registered at version 0, schema without tables.
+            let db = try await PostgresConnection.connect(server.connectionString)
+            for index in 0..<20 {
+                let tenant = try TenantID("old_\(index)")
+                try await db.execute(
+                    """
+                    CREATE SCHEMA \(quoteIdentifier(tenant.schemaName));
+                    CREATE TABLE \(quoteIdentifier(tenant.schemaName)).schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+                    """)
+                try await db.query(
+                    "INSERT INTO tally.tenants (tenant_id, schema_name, reader_role, schema_version) VALUES ($1, $2, $3, 0)",
+                    [.text(tenant.rawValue), .text(tenant.schemaName), .text(tenant.readerRole)])
+            }
+            let run = try await TallyProcess.run(["sink", "migrate", "--postgres", server.connectionString, "--parallelism", "4"])
+            #expect(run.status == 0, "\(run.errors)")
+            let progress = run.output.split(separator: "\n").filter { $0.hasPrefix("migrated ") }
+            #expect(progress.count == 20)
+            #expect(progress.last?.hasPrefix("migrated 20/20 tenants") == true)
+            #expect(try await db.query("SELECT count(*) AS n FROM tally.tenants WHERE schema_version = 1")[0].int64("n") == 20)
+            #expect(try await db.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'usage' AND table_schema LIKE 'tenant\\_old\\_%'")[0].int64("n") == 20)
+            await db.close()
+        }
+    }
+
+    @Test func aHostileTenantIDOnTheCommandLineIsRefusedWithTheRule() async throws {
+        let run = try await TallyProcess.run(["sink", "add-tenant", "--postgres", "host=127.0.0.1 port=1", "acme\"; DROP SCHEMA tally; --"])
+        #expect(run.status != 0)
+        #expect(run.errors.contains("^[a-z][a-z0-9_]{0,47}$"))
+    }
+}
