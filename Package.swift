@@ -70,6 +70,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/ProducerBenchmark"),
+        // Sink writes against a raw psql COPY of the same rows.
+        .executableTarget(
+            name: "SinkBenchmark",
+            dependencies: [
+                "Sink", "Postgres", "LocalPostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            path: "Benchmarks/SinkBenchmark"),
 
         .target(
             name: "TestSupport",

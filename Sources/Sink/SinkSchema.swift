@@ -23,6 +23,22 @@ enum SinkSchema {
                 acquired_at    timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (consumer_group, topic, partition)
             );
+            -- Every tenant's usage, list-partitioned by tenant. Each partition lives in its
+            -- tenant's schema as `usage`; readers are granted their partition only.
+            CREATE TABLE tally.usage (
+                tenant         text NOT NULL,
+                meter          text NOT NULL,
+                subject        text NOT NULL,
+                window_size    text NOT NULL CHECK (window_size IN ('minute', 'hour', 'day', 'month')),
+                window_start   timestamptz NOT NULL,
+                group_key      text NOT NULL DEFAULT '',
+                value          numeric NOT NULL,
+                event_count    bigint NOT NULL CHECK (event_count >= 0),
+                first_event_at timestamptz NOT NULL,
+                last_event_at  timestamptz NOT NULL,
+                updated_at     timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (tenant, meter, window_size, window_start, subject, group_key)
+            ) PARTITION BY LIST (tenant);
             CREATE TABLE tally.offsets (
                 consumer_group text NOT NULL,
                 topic          text NOT NULL,
@@ -36,26 +52,10 @@ enum SinkSchema {
         )
     ]
 
-    /// `{schema}` stands for the quoted tenant schema.
+    /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a
+    /// quoted literal.
     static let tenantMigrations: [(version: Int, sql: String)] = [
-        (
-            1,
-            """
-            CREATE TABLE {schema}.usage (
-                meter          text NOT NULL,
-                subject        text NOT NULL,
-                window_size    text NOT NULL CHECK (window_size IN ('minute', 'hour', 'day', 'month')),
-                window_start   timestamptz NOT NULL,
-                group_key      text NOT NULL DEFAULT '',
-                value          numeric NOT NULL,
-                event_count    bigint NOT NULL CHECK (event_count >= 0),
-                first_event_at timestamptz NOT NULL,
-                last_event_at  timestamptz NOT NULL,
-                updated_at     timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (meter, window_size, window_start, subject, group_key)
-            );
-            """
-        )
+        (1, "CREATE TABLE {schema}.usage PARTITION OF tally.usage FOR VALUES IN ({tenant});")
     ]
 
     static var latestTenantVersion: Int { tenantMigrations.last!.version }

@@ -58,7 +58,8 @@ public final class SinkStore: Sendable {
                 """)
             let applied = try appliedVersions(db, schema: tenant.schemaName)
             for (version, sql) in SinkSchema.tenantMigrations where !applied.contains(version) {
-                try db.execute(sql.replacingOccurrences(of: "{schema}", with: schema))
+                try db.execute(
+                    sql.replacingOccurrences(of: "{schema}", with: schema).replacingOccurrences(of: "{tenant}", with: "'\(tenant.rawValue)'"))
                 try db.query("INSERT INTO \(schema).schema_migrations (version) VALUES ($1)", [.int32(Int32(version))])
             }
             if try db.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [.text(tenant.readerRole)]).isEmpty {
@@ -172,7 +173,7 @@ public final class SinkStore: Sendable {
         for row in batch.usage { latest[UsageKey(row)] = row }
         let rows = Array(latest.values)
         do {
-            try await apply(batch, rows: rows, tenants: tenants)
+            try await apply(batch, rows: rows)
         } catch let error where error.isConnectionLoss {
             // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
             // Its positions (offset and epoch) are stored with it, so they tell which.
@@ -188,7 +189,7 @@ public final class SinkStore: Sendable {
         return batch.positions.allSatisfy { stored[$0.key] == $0.value }
     }
 
-    private func apply(_ batch: SinkBatch, rows: [UsageRow], tenants: Set<TenantID>) async throws(SinkError) {
+    private func apply(_ batch: SinkBatch, rows: [UsageRow]) async throws(SinkError) {
         try await run { db in
             for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
                 let current = try db.query(
@@ -199,7 +200,7 @@ public final class SinkStore: Sendable {
                     throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
                 }
             }
-            if !rows.isEmpty { try writeUsage(rows, tenants: tenants, db) }
+            if !rows.isEmpty { try writeUsage(rows, db) }
             for (partition, position) in batch.positions {
                 try db.query(
                     """
@@ -269,49 +270,40 @@ private func appliedVersions(_ db: isolated PostgresConnection, schema: String) 
     Set(try db.query("SELECT version FROM \(quoteIdentifier(schema)).schema_migrations").map { Int(try $0.int64("version")!) })
 }
 
-/// Stages the rows with COPY, then upserts each tenant's share into its own schema.
-private func writeUsage(_ rows: [UsageRow], tenants: Set<TenantID>, _ db: isolated PostgresConnection) throws {
-    let columns = ["tenant", "meter", "subject", "window_size", "window_start", "group_key", "value", "event_count", "first_event_at", "last_event_at"]
+/// Stages the rows with COPY, then upserts them all in one statement; Postgres routes each
+/// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
+/// and cheap to format.
+private func writeUsage(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+    let columns = ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value", "event_count", "first_event_us", "last_event_us"]
     try db.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS sink_usage (
-            tenant text, meter text, subject text, window_size text, window_start timestamptz, group_key text,
-            value numeric, event_count bigint, first_event_at timestamptz, last_event_at timestamptz
+            tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text,
+            value numeric, event_count bigint, first_event_us bigint, last_event_us bigint
         ) ON COMMIT DELETE ROWS
         """)
     try db.copy(
         into: "sink_usage", columns: columns,
         rows: rows.lazy.map { row in
             [
-                row.tenant.rawValue, row.meter, row.subject, row.windowSize.rawValue, timestampText(row.windowStart), row.groupKey,
-                "\(row.value)", String(row.eventCount), timestampText(row.firstEventAt), timestampText(row.lastEventAt),
+                row.tenant.rawValue, row.meter, row.subject, row.windowSize.rawValue, microseconds(row.windowStart), row.groupKey,
+                "\(row.value)", String(row.eventCount), microseconds(row.firstEventAt), microseconds(row.lastEventAt),
             ]
         })
-    for tenant in tenants.sorted() {
-        try db.query(
-            """
-            INSERT INTO \(quoteIdentifier(tenant.schemaName)).usage
-                (meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at)
-            SELECT meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at
-            FROM sink_usage WHERE tenant = $1
-            ON CONFLICT (meter, window_size, window_start, subject, group_key) DO UPDATE SET
-                value = EXCLUDED.value, event_count = EXCLUDED.event_count, first_event_at = EXCLUDED.first_event_at,
-                last_event_at = EXCLUDED.last_event_at, updated_at = now()
-            """, [.text(tenant.rawValue)])
-    }
+    try db.execute(
+        """
+        INSERT INTO tally.usage
+            (tenant, meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at)
+        SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
+               value, event_count, 'epoch'::timestamptz + first_event_us * interval '1 microsecond',
+               'epoch'::timestamptz + last_event_us * interval '1 microsecond'
+        FROM sink_usage
+        ON CONFLICT (tenant, meter, window_size, window_start, subject, group_key) DO UPDATE SET
+            value = EXCLUDED.value, event_count = EXCLUDED.event_count, first_event_at = EXCLUDED.first_event_at,
+            last_event_at = EXCLUDED.last_event_at, updated_at = now()
+        """)
 }
 
-/// A UTC timestamp in a form Postgres reads exactly, to the microsecond.
-private func timestampText(_ date: Date) -> String {
-    let (seconds, fraction) = Int64((date.timeIntervalSince1970 * 1_000_000).rounded()).quotientAndRemainder(dividingBy: 1_000_000)
-    let (whole, micros) = fraction < 0 ? (seconds - 1, fraction + 1_000_000) : (seconds, fraction)
-    var calendar = Calendar(identifier: .gregorian)
-    calendar.timeZone = TimeZone(identifier: "UTC")!
-    let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: TimeInterval(whole)))
-    func padded(_ value: Int, _ width: Int) -> String {
-        let digits = String(value)
-        return String(repeating: "0", count: max(0, width - digits.count)) + digits
-    }
-    return "\(padded(parts.year!, 4))-\(padded(parts.month!, 2))-\(padded(parts.day!, 2)) "
-        + "\(padded(parts.hour!, 2)):\(padded(parts.minute!, 2)):\(padded(parts.second!, 2)).\(padded(Int(micros), 6))+00"
+private func microseconds(_ date: Date) -> String {
+    String(Int64((date.timeIntervalSince1970 * 1_000_000).rounded()))
 }

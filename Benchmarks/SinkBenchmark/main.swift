@@ -1,0 +1,104 @@
+import ArgumentParser
+import Foundation
+import LocalPostgres
+import Postgres
+import Sink
+import Subprocess
+
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
+
+/// Upserts usage rows for many tenants through `SinkStore.commit`, and loads the same rows
+/// with a raw `psql \copy` into one table on the same server, in one run.
+@main
+struct SinkBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sink-benchmark")
+
+    @Option(help: "Result rows in all.")
+    var rows = 1_000_000
+
+    @Option(help: "Tenants the rows are spread over.")
+    var tenants = 1_000
+
+    @Option(help: "Rows per committed batch.")
+    var batchSize = 100_000
+
+    func run() async throws {
+        print("starting a throwaway Postgres (fsync off for both contenders)")
+        let server = try await LocalPostgresServer.start(durable: false)
+        do {
+            try await measure(server)
+        } catch {
+            await server.destroy()
+            throw error
+        }
+        await server.destroy()
+    }
+
+    private func measure(_ server: LocalPostgresServer) async throws {
+        let tenantIDs = try (0..<tenants).map { try TenantID("tenant\($0)") }
+        let sink = SinkStore(conninfo: server.connectionString)
+        try await sink.prepare()
+        for (index, tenant) in tenantIDs.enumerated() {
+            try await sink.ensureTenant(tenant)
+            if (index + 1) % 200 == 0 { print("created \(index + 1)/\(tenants) tenant schemas") }
+        }
+        let start = Date(timeIntervalSince1970: 1_764_288_000)
+        let all = (0..<rows).map { index in
+            UsageRow(
+                tenant: tenantIDs[index % tenants], meter: "api_calls", subject: "customer_\(index / tenants)", windowSize: .hour,
+                windowStart: start, value: Decimal(index % 977), eventCount: Int64(index % 977),
+                firstEventAt: start.addingTimeInterval(1), lastEventAt: start.addingTimeInterval(3_599))
+        }
+
+        let sinkStart = ContinuousClock.now
+        var committed = 0
+        while committed < rows {
+            let end = min(committed + batchSize, rows)
+            try await sink.commit(SinkBatch(consumerGroup: "bench", positions: [:], usage: Array(all[committed..<end])))
+            committed = end
+            print("sink: committed \(committed)/\(rows) rows")
+        }
+        let sinkSeconds = seconds(since: sinkStart)
+        await sink.close()
+
+        // The same rows as COPY text, loaded by psql into one plain table.
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sink-benchmark-\(UUID().uuidString).tsv")
+        var text = ""
+        text.reserveCapacity(rows * 120)
+        for row in all {
+            text += "\(row.tenant.rawValue)\t\(row.meter)\t\(row.subject)\thour\t2025-11-28 00:00:00+00\t\t\(row.value)\t\(row.eventCount)\t2025-11-28 00:00:01+00\t2025-11-28 00:59:59+00\n"
+        }
+        try text.write(to: file, atomically: false, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let db = try await PostgresConnection.connect(server.connectionString)
+        try await db.execute(
+            """
+            CREATE TABLE raw_usage (tenant text, meter text, subject text, window_size text, window_start timestamptz,
+                group_key text, value numeric, event_count bigint, first_event_at timestamptz, last_event_at timestamptz)
+            """)
+        await db.close()
+        let psqlStart = ContinuousClock.now
+        let result = try await Subprocess.run(
+            .path(FilePath("\(LocalPostgresServer.binDirectory)/psql")),
+            arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.connectionString, "-c", "\\copy raw_usage FROM '\(file.path)'"],
+            output: .discarded, error: .string(limit: 1 << 16))
+        let psqlSeconds = seconds(since: psqlStart)
+        guard result.terminationStatus.isSuccess else { throw ValidationError("psql failed: \(result.standardError)") }
+
+        let sinkRate = Double(rows) / sinkSeconds
+        let psqlRate = Double(rows) / psqlSeconds
+        print("\n| writer | rows | seconds | rows/s | ÷ raw COPY |")
+        print("|---|---:|---:|---:|---:|")
+        print("| SinkStore.commit (COPY to staging + one INSERT … ON CONFLICT into the tenant partitions), \(batchSize)-row batches | \(rows) | \(String(format: "%.2f", sinkSeconds)) | \(Int(sinkRate)) | \(String(format: "%.2f", sinkRate / psqlRate)) |")
+        print("| psql \\copy into one table | \(rows) | \(String(format: "%.2f", psqlSeconds)) | \(Int(psqlRate)) | 1.00 |")
+    }
+
+    private func seconds(since start: ContinuousClock.Instant) -> Double {
+        let elapsed = start.duration(to: .now)
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+}
