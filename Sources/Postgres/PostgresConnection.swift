@@ -13,6 +13,8 @@ public actor PostgresConnection {
     private let connection: NativeConnection
     private var isClosed = false
     private let logger: Logger
+    /// Receives the server's notices; libpq holds it unretained for the connection's life.
+    private let noticeSink: NoticeSink
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
@@ -20,6 +22,8 @@ public actor PostgresConnection {
         self.executor = executor
         self.connection = connection
         self.logger = logger
+        self.noticeSink = NoticeSink(logger: logger)
+        PQsetNoticeProcessor(connection.pointer, noticeProcessor, Unmanaged.passUnretained(noticeSink).toOpaque())
     }
 
     /// Connects with a libpq conninfo string or `postgresql://` URL.
@@ -185,6 +189,18 @@ public actor PostgresConnection {
                 detail: field(result, "D"))
         }
     }
+}
+
+/// Server notices (e.g. "relation already exists, skipping") go to the log, not to stderr.
+final class NoticeSink: Sendable {
+    let logger: Logger
+    init(logger: Logger) { self.logger = logger }
+}
+
+private let noticeProcessor: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?) -> Void = { context, message in
+    guard let context, let message else { return }
+    let sink = Unmanaged<NoticeSink>.fromOpaque(context).takeUnretainedValue()
+    sink.logger.debug("\(String(cString: message).trimmingTrailingNewlines)")
 }
 
 /// A `PGconn` pointer, used only on its connection's thread.

@@ -5,6 +5,8 @@ import LocalPostgres
 import Logging
 import Postgres
 import ServiceLifecycle
+import Sink
+import Synchronization
 import TopicCatalog
 
 /// `tally demo`: the main job on embedded defaults.
@@ -14,9 +16,9 @@ struct DemoCommand: AsyncParsableCommand {
         abstract: "Run Tally locally: embedded broker, throwaway Postgres, and a smoke run through both.",
         discussion: """
             Starts the mock Kafka cluster with the topics of topics.yaml and a new PostgreSQL cluster, \
-            produces tenant-keyed events, consumes them back as a consumer group, and writes per-tenant \
-            counts to Postgres through COPY, checking every step. Everything is removed at the end \
-            unless --keep-running is given.
+            produces tenant-keyed events, consumes them back as a consumer group, and commits per-tenant \
+            counts through the Sink into each tenant's schema together with the consumed offsets, \
+            checking every step. Everything is removed at the end unless --keep-running is given.
             """)
 
     @OptionGroup var common: CommonOptions
@@ -50,8 +52,12 @@ struct DemoCommand: AsyncParsableCommand {
         let postgres = try await LocalPostgresServer.start()
         do {
             emit("postgres  \(postgres.connectionString)")
-            let perTenant = try await smokeRun(bootstrap: cluster.bootstrapServers, logger: logger)
-            try await store(perTenant, in: postgres)
+            try await produce(bootstrap: cluster.bootstrapServers, logger: logger)
+            let sink = SinkStore(conninfo: postgres.connectionString)
+            try await sink.prepare()
+            try await consume(bootstrap: cluster.bootstrapServers, into: sink, logger: logger)
+            try await report(sink, postgres)
+            await sink.close()
             if keepRunning {
                 emit("running   press Ctrl-C to stop")
                 try await ServiceGroup(
@@ -67,8 +73,8 @@ struct DemoCommand: AsyncParsableCommand {
         emit("done      broker and Postgres stopped")
     }
 
-    /// Produces tenant-keyed events and reads them back; returns the count per tenant.
-    private func smokeRun(bootstrap: String, logger: Logger) async throws -> [String: Int] {
+    /// Produces tenant-keyed events, each acknowledged by the brokers.
+    private func produce(bootstrap: String, logger: Logger) async throws {
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrap), logger: logger)
         let batchSize = 1_000
         var produced = 0
@@ -84,10 +90,18 @@ struct DemoCommand: AsyncParsableCommand {
             if produced % 5_000 == 0 || produced == events { emit("produce   \(produced)/\(events) acknowledged") }
         }
         await producer.close()
+    }
 
-        let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: bootstrap, groupID: "demo-smoke"), logger: logger)
+    /// Consumes the events as group `demo`, committing each batch's per-tenant counts and its
+    /// offsets through the Sink, fenced by the ownership taken on assignment.
+    private func consume(bootstrap: String, into sink: SinkStore, logger: Logger) async throws {
+        let ownership = SinkOwnership(sink: sink, group: "demo")
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(bootstrapServers: bootstrap, groupID: "demo"), rebalanceListener: ownership,
+            logger: logger)
         try await consumer.subscribe(["events"])
-        var perTenant: [String: Int] = [:]
+        let hour = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 / 3600).rounded(.down) * 3600)
+        var counts: [TenantID: Int64] = [:]
         var lastSequence: [String: Int] = [:]
         var consumed = 0
         var reported = 0
@@ -95,45 +109,76 @@ struct DemoCommand: AsyncParsableCommand {
         while consumed < events {
             guard ContinuousClock.now < deadline else { throw ValidationError("consumed only \(consumed) of \(events) events in 120 s") }
             let records = try await consumer.poll(maxRecords: 2_000, timeout: .milliseconds(500))
-            var nextOffsets: [TopicPartition: Int64] = [:]
+            guard !records.isEmpty else { continue }
+            var positions: [LogPartition: CommittedPosition] = [:]
             for record in records {
-                let tenant = record.header("tenant") ?? "?"
+                let tenantName = record.header("tenant") ?? "?"
                 let value = String(decoding: record.value ?? [], as: UTF8.self)
                 let sequence = Int(value.split(separator: ":").last?.dropLast() ?? "") ?? -1
-                guard sequence > lastSequence[tenant, default: -1] else {
-                    throw ValidationError("tenant \(tenant): event \(sequence) arrived after \(lastSequence[tenant]!)")
+                guard sequence > lastSequence[tenantName, default: -1] else {
+                    throw ValidationError("tenant \(tenantName): event \(sequence) arrived after \(lastSequence[tenantName]!)")
                 }
-                lastSequence[tenant] = sequence
-                perTenant[tenant, default: 0] += 1
-                nextOffsets[record.topicPartition] = record.offset + 1
+                lastSequence[tenantName] = sequence
+                counts[try TenantID(tenantName), default: 0] += 1
+                let partition = LogPartition(topic: record.topic, partition: record.partition)
+                positions[partition] = CommittedPosition(nextOffset: record.offset + 1, epoch: try ownership.epoch(of: partition))
             }
-            try await consumer.commit(nextOffsets)
+            let rows = counts.map { tenant, count in
+                UsageRow(
+                    tenant: tenant, meter: "demo_events", subject: "all", windowSize: .hour, windowStart: hour,
+                    value: Decimal(count), eventCount: count, firstEventAt: hour, lastEventAt: hour)
+            }
+            try await sink.commit(SinkBatch(consumerGroup: "demo", positions: positions, usage: rows))
             consumed += records.count
             if consumed - reported >= 5_000 || (consumed == events && reported != consumed) {
                 reported = consumed
-                emit("consume   \(consumed)/\(events) read in per-tenant order")
+                emit("consume   \(consumed)/\(events) read in per-tenant order and committed")
             }
         }
         await consumer.close()
-        return perTenant
     }
 
-    /// Writes the per-tenant counts with COPY and reads the total back.
-    private func store(_ perTenant: [String: Int], in postgres: LocalPostgresServer) async throws {
+    /// Reads the committed state back from the tenant schemas and the offset store.
+    private func report(_ sink: SinkStore, _ postgres: LocalPostgresServer) async throws {
         let connection = try await PostgresConnection.connect(postgres.connectionString)
-        try await connection.execute(
-            """
-            CREATE SCHEMA IF NOT EXISTS tally_demo;
-            CREATE TABLE IF NOT EXISTS tally_demo.smoke_counts (tenant text PRIMARY KEY, events bigint NOT NULL);
-            TRUNCATE tally_demo.smoke_counts;
-            """)
-        let rows = perTenant.sorted { $0.key < $1.key }.map { [$0.key, String($0.value)] }
-        try await connection.copy(into: "tally_demo.smoke_counts", columns: ["tenant", "events"], rows: rows)
-        let summary = try await connection.query("SELECT count(*) AS tenants, sum(events) AS events FROM tally_demo.smoke_counts")
+        let summary = try await connection.query(
+            "SELECT count(DISTINCT tenant) AS tenants, sum(event_count) AS events FROM tally.usage WHERE meter = 'demo_events'")
+        await connection.close()
         let storedEvents = try summary[0].int64("events") ?? 0
         let storedTenants = try summary[0].int64("tenants") ?? 0
-        await connection.close()
-        guard storedEvents == events else { throw ValidationError("Postgres holds \(storedEvents) events, expected \(events)") }
-        emit("sink      \(storedTenants) tenants, \(storedEvents) events in tally_demo.smoke_counts")
+        let offsets = try await sink.offsets(group: "demo").values.reduce(0) { $0 + $1.nextOffset }
+        guard storedEvents == events, offsets == events else {
+            throw ValidationError("the tenant schemas hold \(storedEvents) events and the offsets \(offsets), expected \(events)")
+        }
+        emit("sink      \(storedTenants) tenant schemas hold \(storedEvents) events; offsets stored with them")
+    }
+}
+
+/// Takes ownership of assigned partitions from the Sink and starts them at its stored offsets.
+private final class SinkOwnership: RebalanceListener {
+    let sink: SinkStore
+    let group: String
+    private let epochs = Mutex<[LogPartition: Int64]>([:])
+
+    init(sink: SinkStore, group: String) {
+        self.sink = sink
+        self.group = group
+    }
+
+    func epoch(of partition: LogPartition) throws -> Int64 {
+        guard let epoch = epochs.withLock({ $0[partition] }) else { throw ValidationError("\(partition) is not owned") }
+        return epoch
+    }
+
+    func partitionsAssigned(_ partitions: [TopicPartition]) async throws -> [TopicPartition: Int64] {
+        let owned = try await sink.acquire(partitions.map { LogPartition(topic: $0.topic, partition: $0.partition) }, group: group)
+        epochs.withLock { epochs in for (partition, ownership) in owned { epochs[partition] = ownership.epoch } }
+        return Dictionary(uniqueKeysWithValues: partitions.compactMap { partition in
+            owned[LogPartition(topic: partition.topic, partition: partition.partition)]?.nextOffset.map { (partition, $0) }
+        })
+    }
+
+    func partitionsRevoked(_ partitions: [TopicPartition], lost: Bool) async {
+        epochs.withLock { epochs in for partition in partitions { epochs[LogPartition(topic: partition.topic, partition: partition.partition)] = nil } }
     }
 }

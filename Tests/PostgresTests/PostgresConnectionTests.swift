@@ -112,7 +112,7 @@ import Testing
                 return error.kind == .server && error.sqlState == "23505" && error.isUniqueViolation
                     && error.detail?.contains("acme") == true
             }
-            #expect(try await connection.isConnected)
+            #expect(await connection.isConnected)
             await connection.close()
         }
     }

@@ -13,8 +13,8 @@ import Testing
         #expect(run.status == 0, "\(run.errors)")
         let lines = run.output.split(separator: "\n").map(String.init)
         #expect(lines.contains("produce   3000/3000 acknowledged"))
-        #expect(lines.contains("consume   3000/3000 read in per-tenant order"))
-        #expect(lines.contains("sink      7 tenants, 3000 events in tally_demo.smoke_counts"))
+        #expect(lines.contains("consume   3000/3000 read in per-tenant order and committed"))
+        #expect(lines.contains("sink      7 tenant schemas hold 3000 events; offsets stored with them"))
         #expect(lines.last == "done      broker and Postgres stopped")
     }
 
