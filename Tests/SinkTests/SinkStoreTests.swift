@@ -156,6 +156,32 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
+    @Test func aCommitWhoseAnswerIsLostIsFoundStoredAndNotAppliedAgain() async throws {
+        try await withLocalPostgres { server in
+            let proxy = try CuttingProxy(upstreamPort: server.port)
+            defer { proxy.close() }
+            let sink = SinkStore(conninfo: "host=127.0.0.1 port=\(proxy.port) user=postgres dbname=postgres sslmode=disable")
+            try await sink.prepare()
+            let partition = LogPartition(topic: "events", partition: 4)
+            _ = try await sink.acquire([partition], group: "usage")
+            try await sink.commit(SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 10, epoch: 1)],
+                usage: [try usage("acme", value: 5, count: 5)]))
+            // The server commits the next batch, but its answer never reaches the Sink.
+            proxy.armCutAfterCommit()
+            try await sink.commit(SinkBatch(
+                consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 30, epoch: 1)],
+                usage: [try usage("acme", value: 20, count: 20)]))
+            #expect(proxy.didCut)
+            // The Sink found the batch stored instead of failing or writing it again.
+            #expect(try await sink.offsets(group: "usage")[partition] == CommittedPosition(nextOffset: 30, epoch: 1))
+            let db = try await PostgresConnection.connect(server.connectionString)
+            #expect(try await db.query("SELECT value FROM tenant_acme.usage")[0].string("value") == "20")
+            await db.close()
+            await sink.close()
+        }
+    }
+
     @Test func postgresRestartedMidStreamLosesNothingOnceItIsBack() async throws {
         try await withLocalPostgres { server in
             let sink = SinkStore(conninfo: server.connectionString)
