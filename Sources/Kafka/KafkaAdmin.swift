@@ -1,5 +1,6 @@
 import CRdKafka
 import DedicatedThreads
+import Foundation
 import Logging
 
 /// A topic as it should exist.
@@ -55,7 +56,15 @@ public actor KafkaAdmin {
     }
 
     deinit {
-        if !isClosed { rd_kafka_destroy(handle.pointer) }
+        if !isClosed {
+            // Destroying a client blocks until its threads stop: not on whatever thread,
+            // perhaps a pool thread, dropped the last reference.
+            let (handle, context) = (handle, context)
+            Thread.detachNewThread {
+                rd_kafka_destroy(handle.pointer)
+                withExtendedLifetime(context) {}
+            }
+        }
         executor.shutdown()
     }
 

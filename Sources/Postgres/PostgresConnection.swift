@@ -97,7 +97,8 @@ public actor PostgresConnection {
     }
 
     /// Streams rows into `COPY table (columns) FROM STDIN` in text format and returns the
-    /// number of rows the server stored.
+    /// number of rows the server stored. `table` is SQL text written by the program (a name,
+    /// schema-qualified and quoted as needed), never outside input; column names are quoted here.
     @discardableResult
     public func copy(into table: String, columns: [String], rows: some Sequence<[String?]>) throws(PostgresError) -> Int {
         try checkOpen()

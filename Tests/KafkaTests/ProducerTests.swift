@@ -12,6 +12,17 @@ func readAll(_ topic: String, bootstrap: String, expecting count: Int) async thr
     return records + extra
 }
 
+/// A producer whose local queue holds only 10 records, on a one-partition topic of its own.
+func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockCluster, KafkaProducer) {
+    let cluster = try MockCluster(brokers: 1)
+    try cluster.createTopic(topic, partitions: 1, replicationFactor: 1)
+    let producer = try KafkaProducer(
+        configuration: KafkaProducerConfiguration(
+            bootstrapServers: cluster.bootstrapServers, properties: ["queue.buffering.max.messages": "10"],
+            enqueueTimeout: enqueueTimeout))
+    return (cluster, producer)
+}
+
 @Suite struct ProducerTests {
     @Test func idempotentProducerDeliversEveryMessageOnceThroughBrokerFaults() async throws {
         let cluster = try MockCluster(brokers: 3)
@@ -70,13 +81,8 @@ func readAll(_ topic: String, bootstrap: String, expecting count: Int) async thr
     }
 
     @Test func aFullQueueIsATypedErrorNeverASilentDrop() async throws {
-        let cluster = try MockCluster(brokers: 1)
+        let (cluster, producer) = try boundedProducer(topic: "bounded", enqueueTimeout: .zero)
         defer { cluster.shutdown() }
-        try cluster.createTopic("bounded", partitions: 1, replicationFactor: 1)
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(
-                bootstrapServers: cluster.bootstrapServers, properties: ["queue.buffering.max.messages": "10"],
-                enqueueTimeout: .zero))
         let results = await producer.send((0..<200).map { ProducerRecord(topic: "bounded", key: nil, value: "\($0)") })
         await producer.close()
         let delivered = results.compactMap { try? $0.get() }
@@ -89,13 +95,8 @@ func readAll(_ topic: String, bootstrap: String, expecting count: Int) async thr
     }
 
     @Test func aFullQueueMakesSendWaitForRoomWithinTheEnqueueTimeout() async throws {
-        let cluster = try MockCluster(brokers: 1)
+        let (cluster, producer) = try boundedProducer(topic: "waiting", enqueueTimeout: .seconds(60))
         defer { cluster.shutdown() }
-        try cluster.createTopic("waiting", partitions: 1, replicationFactor: 1)
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(
-                bootstrapServers: cluster.bootstrapServers, properties: ["queue.buffering.max.messages": "10"],
-                enqueueTimeout: .seconds(60)))
         let results = await producer.send((0..<500).map { ProducerRecord(topic: "waiting", key: nil, value: "\($0)") })
         await producer.close()
         #expect(results.map { try? $0.get().offset } == (0..<500).map { Int64($0) })
