@@ -8,9 +8,13 @@ let package = Package(
         .executable(name: "tally", targets: ["TallyCommand"]),
         .library(name: "Kafka", targets: ["Kafka"]),
         .library(name: "Postgres", targets: ["Postgres"]),
+        .library(name: "TallySDK", targets: ["TallySDK", "Events"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
@@ -42,20 +46,43 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
+        // Declarative YAML files with errors naming file, line and field.
+        .target(name: "Declarations", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // Tenant ids, the tenants file, API key hashes.
+        .target(
+            name: "Tenancy",
+            dependencies: ["Declarations", .product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")]),
+
+        // Ingest: the event model, the Swift SDK, the HTTP gateway.
+        .target(name: "Events", dependencies: ["Tenancy"], path: "Sources/Ingest/Events"),
+        .target(
+            name: "TallySDK", dependencies: ["Events", "Kafka", .product(name: "Logging", package: "swift-log")],
+            path: "Sources/Ingest/SDK"),
+        .target(
+            name: "IngestGateway",
+            dependencies: [
+                "Events", "TallySDK", "Tenancy", "Kafka",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Ingest/Gateway"),
+
         // The only writer of Postgres: per-tenant schemas, offsets, fenced atomic commits.
-        .target(name: "Sink", dependencies: ["Postgres"]),
+        .target(name: "Sink", dependencies: ["Postgres", "Tenancy"]),
 
         // Throwaway PostgreSQL clusters for tests and the local demo.
         .target(name: "LocalPostgres", dependencies: [.product(name: "Subprocess", package: "swift-subprocess")]),
 
         // The declarative topic catalogue (`topics.yaml`).
-        .target(name: "TopicCatalog", dependencies: ["Kafka", .product(name: "Yams", package: "Yams")]),
+        .target(name: "TopicCatalog", dependencies: ["Kafka", "Declarations", .product(name: "Yams", package: "Yams")]),
 
         // The `tally` executable: one subcommand per service.
         .executableTarget(
             name: "TallyCommand",
             dependencies: [
-                "Kafka", "Postgres", "LocalPostgres", "Sink", "TopicCatalog",
+                "Kafka", "Postgres", "LocalPostgres", "Sink", "TopicCatalog", "Tenancy", "IngestGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -74,20 +101,37 @@ let package = Package(
         .executableTarget(
             name: "SinkBenchmark",
             dependencies: [
-                "Sink", "Postgres", "LocalPostgres",
+                "Sink", "Tenancy", "Postgres", "LocalPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             path: "Benchmarks/SinkBenchmark"),
 
+        // Ingest: the SDK against Python's confluent-kafka, and the gateway under wrk.
+        .executableTarget(
+            name: "IngestBenchmark",
+            dependencies: [
+                "TallySDK", "Events", "Tenancy", "Kafka",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            path: "Benchmarks/IngestBenchmark"),
+
         .target(
             name: "TestSupport",
             dependencies: ["Kafka", "LocalPostgres", .product(name: "Subprocess", package: "swift-subprocess")],
             path: "Tests/TestSupport"),
+        .testTarget(
+            name: "IngestTests",
+            dependencies: [
+                "Events", "TallySDK", "IngestGateway", "Tenancy", "Declarations", "Kafka", "TestSupport", "TallyCommand",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
-        .testTarget(name: "SinkTests", dependencies: ["Sink", "Postgres", "LocalPostgres", "TestSupport", "TallyCommand"]),
+        .testTarget(name: "SinkTests", dependencies: ["Sink", "Tenancy", "Postgres", "LocalPostgres", "TestSupport", "TallyCommand"]),
         .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand"]),
-        .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Kafka", "TestSupport", "TallyCommand"]),
+        .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Declarations", "Kafka", "TestSupport", "TallyCommand"]),
     ]
 )

@@ -4,6 +4,7 @@ import LocalPostgres
 import Postgres
 import Sink
 import Subprocess
+import Tenancy
 
 #if canImport(System)
 import System
@@ -54,18 +55,29 @@ struct SinkBenchmark: AsyncParsableCommand {
                 firstEventAt: start.addingTimeInterval(1), lastEventAt: start.addingTimeInterval(3_599))
         }
 
-        let sinkStart = ContinuousClock.now
-        var committed = 0
-        while committed < rows {
-            let end = min(committed + batchSize, rows)
-            try await sink.commit(SinkBatch(consumerGroup: "bench", positions: [:], usage: Array(all[committed..<end])))
-            committed = end
-            print("sink: committed \(committed)/\(rows) rows")
+        var results: [(writer: String, seconds: Double)] = []
+        for (method, name) in [
+            (SinkWriteMethod.stagedUpsert, "SinkStore.commit, staged: COPY to a temp table + one INSERT … ON CONFLICT"),
+            (.pipelinedUpserts, "SinkStore.commit, pipelined: one prepared INSERT … ON CONFLICT per row, libpq pipeline mode"),
+        ] {
+            let sink = SinkStore(conninfo: server.connectionString, writeMethod: method)
+            let started = ContinuousClock.now
+            var committed = 0
+            while committed < rows {
+                let end = min(committed + batchSize, rows)
+                try await sink.commit(SinkBatch(consumerGroup: "bench", positions: [:], usage: Array(all[committed..<end])))
+                committed = end
+                print("\(method): committed \(committed)/\(rows) rows")
+            }
+            results.append(("\(name), \(batchSize)-row batches", seconds(since: started)))
+            await sink.close()
+            let db = try await PostgresConnection.connect(server.connectionString)
+            try await db.execute("TRUNCATE tally.usage; CHECKPOINT")
+            await db.close()
         }
-        let sinkSeconds = seconds(since: sinkStart)
-        await sink.close()
 
-        // The same rows as COPY text, loaded by psql into one plain table.
+        // The same rows as COPY text, loaded by psql into one plain table and into one table
+        // with the Sink's primary key.
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("sink-benchmark-\(UUID().uuidString).tsv")
         var text = ""
         text.reserveCapacity(rows * 120)
@@ -75,26 +87,35 @@ struct SinkBenchmark: AsyncParsableCommand {
         try text.write(to: file, atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
         let db = try await PostgresConnection.connect(server.connectionString)
+        let columns = """
+            tenant text, meter text, subject text, window_size text, window_start timestamptz,
+            group_key text, value numeric, event_count bigint, first_event_at timestamptz, last_event_at timestamptz
+            """
         try await db.execute(
             """
-            CREATE TABLE raw_usage (tenant text, meter text, subject text, window_size text, window_start timestamptz,
-                group_key text, value numeric, event_count bigint, first_event_at timestamptz, last_event_at timestamptz)
+            CREATE TABLE raw_usage (\(columns));
+            CREATE TABLE raw_usage_keyed (\(columns), PRIMARY KEY (tenant, meter, window_size, window_start, subject, group_key));
+            CHECKPOINT;
             """)
         await db.close()
-        let psqlStart = ContinuousClock.now
-        let result = try await Subprocess.run(
-            .path(FilePath("\(LocalPostgresServer.binDirectory)/psql")),
-            arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.connectionString, "-c", "\\copy raw_usage FROM '\(file.path)'"],
-            output: .discarded, error: .string(limit: 1 << 16))
-        let psqlSeconds = seconds(since: psqlStart)
-        guard result.terminationStatus.isSuccess else { throw ValidationError("psql failed: \(result.standardError)") }
+        for (table, name) in [("raw_usage", "psql \\copy into one table without indexes"), ("raw_usage_keyed", "psql \\copy into one table with the Sink's primary key")] {
+            print("psql: \\copy into \(table) …")
+            let started = ContinuousClock.now
+            let result = try await Subprocess.run(
+                .path(FilePath("\(LocalPostgresServer.binDirectory)/psql")),
+                arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.connectionString, "-c", "\\copy \(table) FROM '\(file.path)'"],
+                output: .discarded, error: .string(limit: 1 << 16))
+            results.append((name, seconds(since: started)))
+            guard result.terminationStatus.isSuccess else { throw ValidationError("psql failed: \(result.standardError)") }
+        }
 
-        let sinkRate = Double(rows) / sinkSeconds
-        let psqlRate = Double(rows) / psqlSeconds
-        print("\n| writer | rows | seconds | rows/s | ÷ raw COPY |")
+        let baseline = Double(rows) / results[2].seconds
+        print("\n| writer | rows | seconds | rows/s | ÷ raw COPY (no indexes) |")
         print("|---|---:|---:|---:|---:|")
-        print("| SinkStore.commit (COPY to staging + one INSERT … ON CONFLICT into the tenant partitions), \(batchSize)-row batches | \(rows) | \(String(format: "%.2f", sinkSeconds)) | \(Int(sinkRate)) | \(String(format: "%.2f", sinkRate / psqlRate)) |")
-        print("| psql \\copy into one table | \(rows) | \(String(format: "%.2f", psqlSeconds)) | \(Int(psqlRate)) | 1.00 |")
+        for (writer, seconds) in results {
+            let rate = Double(rows) / seconds
+            print("| \(writer) | \(rows) | \(String(format: "%.2f", seconds)) | \(Int(rate)) | \(String(format: "%.2f", rate / baseline)) |")
+        }
     }
 
     private func seconds(since start: ContinuousClock.Instant) -> Double {

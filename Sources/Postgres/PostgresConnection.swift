@@ -1,6 +1,6 @@
 import CLibPQ
-import Foundation
 import DedicatedThreads
+import Foundation
 import Logging
 
 /// One libpq connection.
@@ -132,6 +132,67 @@ public actor PostgresConnection {
             stored += rows
         }
         return stored
+    }
+
+    /// Runs one statement once per parameter set in libpq pipeline mode: the statement is
+    /// prepared once, then executions are sent without waiting for each answer, in windows of
+    /// `window` closed by a sync point, whose answers are read before the next window (so
+    /// neither side blocks on a full socket). Returns the rows affected in all. Inside
+    /// `transaction` all executions commit or roll back together; the first failure stops
+    /// the rest and is thrown.
+    @discardableResult
+    public func pipeline(_ sql: String, parameterSets: some Sequence<[PostgresParameter]>, window: Int = 1000) throws(PostgresError) -> Int {
+        try checkOpen()
+        var sets = parameterSets.makeIterator()
+        guard let first = sets.next() else { return 0 }
+        let types = first.map { Oid($0.encoded.oid) }
+        try consume(PQprepare(connection.pointer, "", sql, Int32(types.count), types), statement: sql)
+        guard PQenterPipelineMode(connection.pointer) == 1 else { throw connectionError() }
+        defer { PQexitPipelineMode(connection.pointer) }
+        var affected = 0
+        var pending = 0
+        var next: [PostgresParameter]? = first
+        while let parameters = next {
+            let encoded = parameters.map(\.encoded)
+            let lengths = encoded.map { Int32($0.bytes?.count ?? 0) }
+            let formats = encoded.map { Int32($0.binary ? 1 : 0) }
+            let sent = withParameterPointers(encoded.map(\.bytes)) { values in
+                PQsendQueryPrepared(connection.pointer, "", Int32(encoded.count), values, lengths, formats, 0)
+            }
+            guard sent == 1 else { throw connectionError() }
+            pending += 1
+            next = sets.next()
+            if pending == window || next == nil {
+                affected += try readPipelineWindow(count: pending, statement: sql)
+                pending = 0
+            }
+        }
+        return affected
+    }
+
+    /// Sends a sync point, then reads the answers of `count` pipelined executions and the
+    /// sync's own; throws the first failure after reading them all.
+    private func readPipelineWindow(count: Int, statement: String) throws(PostgresError) -> Int {
+        guard PQpipelineSync(connection.pointer) == 1 else { throw connectionError() }
+        var affected = 0
+        var failure: PostgresError?
+        for _ in 0..<count {
+            guard let result = PQgetResult(connection.pointer) else { throw connectionError() }
+            if PQresultStatus(result) == PGRES_PIPELINE_ABORTED {
+                PQclear(result)
+            } else {
+                affected += Int(String(cString: PQcmdTuples(result))) ?? 0
+                do { try consume(result, statement: statement) } catch { failure = failure ?? error }
+            }
+            // Each execution's answer ends with a NULL result.
+            if let extra = PQgetResult(connection.pointer) { PQclear(extra) }
+        }
+        guard let sync = PQgetResult(connection.pointer) else { throw connectionError() }
+        let synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC
+        PQclear(sync)
+        if let failure { throw failure }
+        guard synced else { throw PostgresError(kind: .connection, message: "pipeline lost its sync point") }
+        return affected
     }
 
     /// Closes the connection; later calls throw `closed`.

@@ -1,4 +1,5 @@
 import Foundation
+import Tenancy
 
 /// A partition of a log topic, as the Sink records offsets for it.
 public struct LogPartition: Hashable, Sendable, Comparable, CustomStringConvertible {

@@ -1,6 +1,7 @@
 import Foundation
 import Postgres
 import Synchronization
+import Tenancy
 
 /// The only writer of Postgres: per-tenant schemas, the offset store and fenced, atomic commits.
 ///
@@ -10,6 +11,7 @@ import Synchronization
 public final class SinkStore: Sendable {
     private let conninfo: String
     private let lockTimeout: Duration?
+    private let writeMethod: SinkWriteMethod
     private let current = Mutex<PostgresConnection?>(nil)
     /// Tenants whose schema is known to be at the latest version.
     private let readyTenants = Mutex<Set<TenantID>>([])
@@ -17,9 +19,10 @@ public final class SinkStore: Sendable {
     /// `conninfo` is a libpq connection string or URL; connecting happens on first use. With a
     /// `lockTimeout`, a transaction that waits longer than that for a lock fails instead of
     /// queueing behind it (SQLSTATE 55P03), e.g. migrations on a busy database.
-    public init(conninfo: String, lockTimeout: Duration? = nil) {
+    public init(conninfo: String, lockTimeout: Duration? = nil, writeMethod: SinkWriteMethod = .stagedUpsert) {
         self.conninfo = conninfo
         self.lockTimeout = lockTimeout
+        self.writeMethod = writeMethod
     }
 
     /// Creates or migrates the control schema. Safe to run from many processes at once.
@@ -123,7 +126,8 @@ public final class SinkStore: Sendable {
     public func tenants() async throws(SinkError) -> [TenantID] {
         try await run { db in
             try db.query("SELECT tenant_id FROM tally.tenants ORDER BY tenant_id").map { row in
-                try TenantID(try row.string("tenant_id") ?? "")
+                let id = try row.string("tenant_id") ?? ""
+                do { return try TenantID(id) } catch { throw SinkError.invalidTenant("\(error)") }
             }
         }
     }
@@ -190,7 +194,7 @@ public final class SinkStore: Sendable {
     }
 
     private func apply(_ batch: SinkBatch, rows: [UsageRow]) async throws(SinkError) {
-        try await run { db in
+        try await run { [writeMethod] db in
             for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
                 let current = try db.query(
                     "SELECT epoch FROM tally.partition_owners WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
@@ -200,7 +204,12 @@ public final class SinkStore: Sendable {
                     throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
                 }
             }
-            if !rows.isEmpty { try writeUsage(rows, db) }
+            if !rows.isEmpty {
+                switch writeMethod {
+                case .stagedUpsert: try writeUsageStaged(rows, db)
+                case .pipelinedUpserts: try writeUsagePipelined(rows, db)
+                }
+            }
             for (partition, position) in batch.positions {
                 try db.query(
                     """
@@ -270,10 +279,25 @@ private func appliedVersions(_ db: isolated PostgresConnection, schema: String) 
     Set(try db.query("SELECT version FROM \(quoteIdentifier(schema)).schema_migrations").map { Int(try $0.int64("version")!) })
 }
 
+/// How `commit` writes usage rows; both give the same result (BENCHMARKS.md compares them).
+public enum SinkWriteMethod: Sendable {
+    /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`.
+    case stagedUpsert
+    /// One prepared `INSERT … ON CONFLICT` per row, sent in libpq pipeline mode.
+    case pipelinedUpserts
+}
+
+private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at"
+private let usageUpsertConflict = """
+    ON CONFLICT (tenant, meter, window_size, window_start, subject, group_key) DO UPDATE SET
+        value = EXCLUDED.value, event_count = EXCLUDED.event_count, first_event_at = EXCLUDED.first_event_at,
+        last_event_at = EXCLUDED.last_event_at, updated_at = now()
+    """
+
 /// Stages the rows with COPY, then upserts them all in one statement; Postgres routes each
 /// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
 /// and cheap to format.
-private func writeUsage(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+private func writeUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
     let columns = ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value", "event_count", "first_event_us", "last_event_us"]
     try db.execute(
         """
@@ -292,16 +316,26 @@ private func writeUsage(_ rows: [UsageRow], _ db: isolated PostgresConnection) t
         })
     try db.execute(
         """
-        INSERT INTO tally.usage
-            (tenant, meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at)
+        INSERT INTO tally.usage (\(usageColumns))
         SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
                value, event_count, 'epoch'::timestamptz + first_event_us * interval '1 microsecond',
                'epoch'::timestamptz + last_event_us * interval '1 microsecond'
         FROM sink_usage
-        ON CONFLICT (tenant, meter, window_size, window_start, subject, group_key) DO UPDATE SET
-            value = EXCLUDED.value, event_count = EXCLUDED.event_count, first_event_at = EXCLUDED.first_event_at,
-            last_event_at = EXCLUDED.last_event_at, updated_at = now()
+        \(usageUpsertConflict)
         """)
+}
+
+/// Upserts row by row through one prepared statement in pipeline mode.
+private func writeUsagePipelined(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+    try db.pipeline(
+        "INSERT INTO tally.usage (\(usageColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \(usageUpsertConflict)",
+        parameterSets: rows.lazy.map { row in
+            [
+                .text(row.tenant.rawValue), .text(row.meter), .text(row.subject), .text(row.windowSize.rawValue), .timestamptz(row.windowStart),
+                .text(row.groupKey), .numeric("\(row.value)"), .int64(row.eventCount), .timestamptz(row.firstEventAt),
+                .timestamptz(row.lastEventAt),
+            ]
+        })
 }
 
 private func microseconds(_ date: Date) -> String {

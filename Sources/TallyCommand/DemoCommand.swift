@@ -7,6 +7,7 @@ import Postgres
 import ServiceLifecycle
 import Sink
 import Synchronization
+import Tenancy
 import TopicCatalog
 
 /// `tally demo`: the main job on embedded defaults.

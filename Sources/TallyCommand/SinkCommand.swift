@@ -1,5 +1,6 @@
 import ArgumentParser
 import Sink
+import Tenancy
 
 /// `tally sink …`: administer the Postgres side.
 struct SinkCommand: AsyncParsableCommand {

@@ -7,7 +7,10 @@ struct Tally: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tally",
         abstract: "Multi-tenant usage metering and billing pipeline.",
-        subcommands: [DemoCommand.self, BrokerCommand.self, TopicsCommand.self, ConsumeCommand.self, SinkCommand.self])
+        subcommands: [
+            DemoCommand.self, BrokerCommand.self, TopicsCommand.self, IngestCommand.self, TenantsCommand.self, ConsumeCommand.self,
+            SinkCommand.self,
+        ])
 }
 
 /// Options every subcommand shares.

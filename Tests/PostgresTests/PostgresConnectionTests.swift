@@ -1,8 +1,8 @@
 import Foundation
 import LocalPostgres
 import Postgres
-import TestSupport
 import Testing
+import TestSupport
 
 @Suite struct PostgresConnectionTests {
     @Test func everySupportedParameterTypeRoundTrips() async throws {
@@ -95,6 +95,36 @@ import Testing
                 try await connection.copy(into: "narrow", columns: ["a", "b"], rows: [["1", "2"], ["only one"]])
             }
             #expect(try await connection.query("SELECT count(*) AS n FROM narrow")[0].int64("n") == 0)
+            #expect(try await connection.query("SELECT 1 AS one")[0].int64("one") == 1)
+            await connection.close()
+        }
+    }
+
+    @Test func pipelineModeRunsEveryExecutionAndAFailureAbortsTheTransaction() async throws {
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE piped (id bigint PRIMARY KEY, label text NOT NULL)")
+            // More executions than one window, so several sync points pass.
+            let affected = try await connection.transaction { db in
+                try db.pipeline(
+                    "INSERT INTO piped VALUES ($1, $2)", parameterSets: (0..<2_500).map { [.int64(Int64($0)), .text("row \($0)")] }, window: 1000)
+            }
+            #expect(affected == 2_500)
+            #expect(try await connection.query("SELECT count(*) AS n, sum(id) AS s FROM piped")[0].int64("s") == Int64(2_499 * 2_500 / 2))
+
+            // A duplicate in the middle of the second window: SQLSTATE 23505, and nothing of the transaction stays.
+            await #expect {
+                try await connection.transaction { db in
+                    try db.pipeline(
+                        "INSERT INTO piped VALUES ($1, $2)",
+                        parameterSets: (3_000..<4_500).map { [.int64(Int64($0)), .text("new")] } + [[.int64(7), .text("dup")]]
+                            + (5_000..<5_100).map { [.int64(Int64($0)), .text("after")] })
+                }
+            } throws: { error in
+                (error as? PostgresError)?.sqlState == "23505"
+            }
+            #expect(try await connection.query("SELECT count(*) AS n FROM piped")[0].int64("n") == 2_500)
+            // The connection is usable afterwards.
             #expect(try await connection.query("SELECT 1 AS one")[0].int64("one") == 1)
             await connection.close()
         }

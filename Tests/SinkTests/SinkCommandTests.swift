@@ -1,8 +1,9 @@
 import Foundation
 import Postgres
 import Sink
-import TestSupport
+import Tenancy
 import Testing
+import TestSupport
 
 /// The Sink's admin commands, run as real processes against a real Postgres.
 @Suite struct SinkCommandTests {

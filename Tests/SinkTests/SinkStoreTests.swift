@@ -2,13 +2,16 @@ import Foundation
 import LocalPostgres
 import Postgres
 import Sink
-import TestSupport
+import Tenancy
 import Testing
+import TestSupport
 
 /// A prepared Sink on a new throwaway Postgres, plus a superuser connection for checking.
-func withSink<T: Sendable>(_ body: (SinkStore, PostgresConnection, LocalPostgresServer) async throws -> T) async throws -> T {
+func withSink<T: Sendable>(
+    writeMethod: SinkWriteMethod = .stagedUpsert, _ body: (SinkStore, PostgresConnection, LocalPostgresServer) async throws -> T
+) async throws -> T {
     try await withLocalPostgres { server in
-        let sink = SinkStore(conninfo: server.connectionString)
+        let sink = SinkStore(conninfo: server.connectionString, writeMethod: writeMethod)
         try await sink.prepare()
         let inspector = try await PostgresConnection.connect(server.connectionString)
         let value = try await body(sink, inspector, server)
@@ -61,11 +64,12 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
     @Test(arguments: ["acme'; DROP SCHEMA tally CASCADE; --", "Acme", "9lives", "", "a\"b", "tenant;", "acmé", "a b",
                       String(repeating: "a", count: 200), "a-b", "_acme", "ｆｕｌｌ"])
     func hostileTenantIDsAreRefusedBeforeAnySQL(id: String) async throws {
-        #expect(throws: SinkError.self) { try TenantID(id) }
+        #expect(throws: InvalidTenantID.self) { try TenantID(id) }
     }
 
-    @Test func aBatchWritesEveryTenantsRowsAndTheOffsetsTogether() async throws {
-        try await withSink { sink, db, _ in
+    @Test(arguments: [SinkWriteMethod.stagedUpsert, .pipelinedUpserts])
+    func aBatchWritesEveryTenantsRowsAndTheOffsetsTogether(method: SinkWriteMethod) async throws {
+        try await withSink(writeMethod: method) { sink, db, _ in
             let partition = LogPartition(topic: "events", partition: 3)
             let owner = try await sink.acquire([partition], group: "usage")
             #expect(owner[partition] == PartitionOwnership(epoch: 1, nextOffset: nil))
@@ -85,14 +89,15 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
-    @Test func aFailureInsideTheBatchLeavesNeitherRowsNorOffsets() async throws {
-        try await withSink { sink, db, _ in
+    @Test(arguments: [SinkWriteMethod.stagedUpsert, .pipelinedUpserts])
+    func aFailureInsideTheBatchLeavesNeitherRowsNorOffsets(method: SinkWriteMethod) async throws {
+        try await withSink(writeMethod: method) { sink, db, _ in
             let partition = LogPartition(topic: "events", partition: 0)
             _ = try await sink.acquire([partition], group: "usage")
             // The second tenant's row breaks a constraint after the first tenant's rows were staged.
             let batch = SinkBatch(
                 consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 50, epoch: 1)],
-                usage: [try usage("aaa"), try usage("zzz", count: -1)])
+                usage: [try usage("aaa"), try usage("zzz", count: -1), try usage("zzz", subject: "after_the_failure")])
             await #expect(throws: SinkError.self) { try await sink.commit(batch) }
             #expect(try await count("SELECT count(*) AS n FROM tenant_aaa.usage", db) == 0)
             #expect(try await count("SELECT count(*) AS n FROM tenant_zzz.usage", db) == 0)

@@ -11,6 +11,7 @@ import SystemPackage
 public enum TallyProcess {
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
+        public init(description: String) { self.description = description }
     }
 
     /// The `tally` binary next to the test bundle in the build products.

@@ -1,7 +1,8 @@
+import Declarations
 import Foundation
 import Kafka
-import TestSupport
 import Testing
+import TestSupport
 import TopicCatalog
 
 @Suite struct TopicCatalogParsingTests {
@@ -30,7 +31,7 @@ import TopicCatalog
         #expect {
             _ = try TopicCatalog.parse(yaml, file: "topics.yaml")
         } throws: { error in
-            guard let error = error as? TopicCatalogError else { return false }
+            guard let error = error as? DeclarationError else { return false }
             return error.file == "topics.yaml" && error.line == line && error.field == field && error.reason.contains(reason)
                 && "\(error)".hasPrefix("topics.yaml:\(line):")
         }
