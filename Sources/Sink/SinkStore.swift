@@ -166,23 +166,32 @@ public final class SinkStore: Sendable {
         }
     }
 
-    /// Writes a batch's rows, for any number of tenants, and its offsets in one transaction.
-    /// A position whose epoch is not the partition's current one fails the whole batch as
-    /// `fenced`; any other failure also leaves neither rows nor offsets behind.
+    /// Writes a batch, for any number of tenants, and its offsets in one transaction: events
+    /// whose identity was counted before add nothing, usage deltas merge into their windows,
+    /// stats and rejections are recorded. A position whose epoch is not the partition's
+    /// current one fails the whole batch as `fenced`; any other failure also leaves nothing
+    /// behind.
     public func commit(_ batch: SinkBatch) async throws(SinkError) {
-        let tenants = Set(batch.usage.map(\.tenant))
+        let tenants = Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant))
         for tenant in tenants.sorted() { try await ensureTenant(tenant) }
-        // One row per key: the last state of a window in the batch wins.
-        var latest: [UsageKey: UsageRow] = [:]
-        for row in batch.usage { latest[UsageKey(row)] = row }
-        let rows = Array(latest.values)
         do {
-            try await apply(batch, rows: rows)
+            try await apply(batch)
         } catch let error where error.isConnectionLoss {
             // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
             // Its positions (offset and epoch) are stored with it, so they tell which.
             if try await isStored(batch) { return }
             throw error
+        }
+    }
+
+    /// Forgets counted event identities older than `cutoff`: duplicates of older events are
+    /// no longer recognised (the dedupe horizon). Returns how many were removed.
+    @discardableResult
+    public func forgetEvents(before cutoff: Date) async throws(SinkError) -> Int64 {
+        try await run { db in
+            try db.query(
+                "WITH gone AS (DELETE FROM tally.seen_events WHERE event_time < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
+                [.timestamptz(cutoff)])[0].int64("n") ?? 0
         }
     }
 
@@ -193,7 +202,7 @@ public final class SinkStore: Sendable {
         return batch.positions.allSatisfy { stored[$0.key] == $0.value }
     }
 
-    private func apply(_ batch: SinkBatch, rows: [UsageRow]) async throws(SinkError) {
+    private func apply(_ batch: SinkBatch) async throws(SinkError) {
         try await run { [writeMethod] db in
             for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
                 let current = try db.query(
@@ -204,12 +213,7 @@ public final class SinkStore: Sendable {
                     throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
                 }
             }
-            if !rows.isEmpty {
-                switch writeMethod {
-                case .stagedUpsert: try writeUsageStaged(rows, db)
-                case .pipelinedUpserts: try writeUsagePipelined(rows, db)
-                }
-            }
+            try writeBatch(batch, writeMethod: writeMethod, db)
             for (partition, position) in batch.positions {
                 try db.query(
                     """
@@ -266,78 +270,7 @@ public final class SinkStore: Sendable {
     }
 }
 
-/// The primary key of a usage row.
-private struct UsageKey: Hashable {
-    let tenant: TenantID, meter: String, subject: String, windowSize: String, windowStart: Date, groupKey: String
-    init(_ row: UsageRow) {
-        (tenant, meter, subject, windowSize, windowStart, groupKey) =
-            (row.tenant, row.meter, row.subject, row.windowSize.rawValue, row.windowStart, row.groupKey)
-    }
-}
-
 private func appliedVersions(_ db: isolated PostgresConnection, schema: String) throws -> Set<Int> {
     Set(try db.query("SELECT version FROM \(quoteIdentifier(schema)).schema_migrations").map { Int(try $0.int64("version")!) })
 }
 
-/// How `commit` writes usage rows; both give the same result (BENCHMARKS.md compares them).
-public enum SinkWriteMethod: Sendable {
-    /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`.
-    case stagedUpsert
-    /// One prepared `INSERT … ON CONFLICT` per row, sent in libpq pipeline mode.
-    case pipelinedUpserts
-}
-
-private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, value, event_count, first_event_at, last_event_at"
-private let usageUpsertConflict = """
-    ON CONFLICT (tenant, meter, window_size, window_start, subject, group_key) DO UPDATE SET
-        value = EXCLUDED.value, event_count = EXCLUDED.event_count, first_event_at = EXCLUDED.first_event_at,
-        last_event_at = EXCLUDED.last_event_at, updated_at = now()
-    """
-
-/// Stages the rows with COPY, then upserts them all in one statement; Postgres routes each
-/// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
-/// and cheap to format.
-private func writeUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
-    let columns = ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value", "event_count", "first_event_us", "last_event_us"]
-    try db.execute(
-        """
-        CREATE TEMP TABLE IF NOT EXISTS sink_usage (
-            tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text,
-            value numeric, event_count bigint, first_event_us bigint, last_event_us bigint
-        ) ON COMMIT DELETE ROWS
-        """)
-    try db.copy(
-        into: "sink_usage", columns: columns,
-        rows: rows.lazy.map { row in
-            [
-                row.tenant.rawValue, row.meter, row.subject, row.windowSize.rawValue, microseconds(row.windowStart), row.groupKey,
-                "\(row.value)", String(row.eventCount), microseconds(row.firstEventAt), microseconds(row.lastEventAt),
-            ]
-        })
-    try db.execute(
-        """
-        INSERT INTO tally.usage (\(usageColumns))
-        SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
-               value, event_count, 'epoch'::timestamptz + first_event_us * interval '1 microsecond',
-               'epoch'::timestamptz + last_event_us * interval '1 microsecond'
-        FROM sink_usage
-        \(usageUpsertConflict)
-        """)
-}
-
-/// Upserts row by row through one prepared statement in pipeline mode.
-private func writeUsagePipelined(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
-    try db.pipeline(
-        "INSERT INTO tally.usage (\(usageColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \(usageUpsertConflict)",
-        parameterSets: rows.lazy.map { row in
-            [
-                .text(row.tenant.rawValue), .text(row.meter), .text(row.subject), .text(row.windowSize.rawValue), .timestamptz(row.windowStart),
-                .text(row.groupKey), .numeric("\(row.value)"), .int64(row.eventCount), .timestamptz(row.firstEventAt),
-                .timestamptz(row.lastEventAt),
-            ]
-        })
-}
-
-private func microseconds(_ date: Date) -> String {
-    String(Int64((date.timeIntervalSince1970 * 1_000_000).rounded()))
-}

@@ -93,7 +93,8 @@ struct DemoCommand: AsyncParsableCommand {
         await producer.close()
     }
 
-    /// Consumes the events as group `demo`, committing each batch's per-tenant counts and its
+    /// Consumes the events as group `demo`, committing each batch's per-tenant counts (deltas
+    /// the Sink adds to the stored window) and its
     /// offsets through the Sink, fenced by the ownership taken on assignment.
     private func consume(bootstrap: String, into sink: SinkStore, logger: Logger) async throws {
         let ownership = SinkOwnership(sink: sink, group: "demo")
@@ -102,7 +103,6 @@ struct DemoCommand: AsyncParsableCommand {
             logger: logger)
         try await consumer.subscribe(["events"])
         let hour = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 / 3600).rounded(.down) * 3600)
-        var counts: [TenantID: Int64] = [:]
         var lastSequence: [String: Int] = [:]
         var consumed = 0
         var reported = 0
@@ -112,6 +112,7 @@ struct DemoCommand: AsyncParsableCommand {
             let records = try await consumer.poll(maxRecords: 2_000, timeout: .milliseconds(500))
             guard !records.isEmpty else { continue }
             var positions: [LogPartition: CommittedPosition] = [:]
+            var counts: [TenantID: Int64] = [:]
             for record in records {
                 let tenantName = record.header("tenant") ?? "?"
                 let value = String(decoding: record.value ?? [], as: UTF8.self)

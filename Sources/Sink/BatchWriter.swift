@@ -1,0 +1,290 @@
+import Foundation
+import Postgres
+import Tenancy
+
+/// How `commit` writes usage rows; both give the same result (BENCHMARKS.md compares them).
+public enum SinkWriteMethod: Sendable {
+    /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`.
+    case stagedUpsert
+    /// One prepared `INSERT … ON CONFLICT` per row, sent in libpq pipeline mode.
+    case pipelinedUpserts
+}
+
+/// Writes everything of a batch but the offsets, inside the commit's transaction, in this
+/// order: event identities (dropping events counted before), distinct values of unique
+/// counts, usage deltas merged into their windows, per-day stats, rejections.
+func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated PostgresConnection) throws {
+    var usage = batch.usage
+    var stats: [StatsKey: EventStats] = [:]
+    if !batch.events.isEmpty {
+        let (fresh, repeated) = try recordEventIdentities(batch.events, db)
+        for event in fresh {
+            usage += event.usage
+            stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
+        }
+        for event in repeated { stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].deduplicated += 1 }
+    }
+    for rejection in batch.rejections {
+        switch rejection.kind {
+        case .late: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].late += 1
+        case .invalid: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].rejected += 1
+        case .meter: break
+        }
+    }
+    var deltas: [UsageKey: UsageRow] = [:]
+    for row in usage {
+        let key = UsageKey(row)
+        if let earlier = deltas[key] { deltas[key] = earlier.merged(with: row) } else { deltas[key] = row }
+    }
+    if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, db) }
+    if !deltas.isEmpty {
+        switch writeMethod {
+        case .stagedUpsert: try upsertUsageStaged(Array(deltas.values), db)
+        case .pipelinedUpserts: try upsertUsagePipelined(Array(deltas.values), db)
+        }
+    }
+    if !stats.isEmpty { try addStats(stats, db) }
+    if !batch.rejections.isEmpty { try recordRejections(batch.rejections, db) }
+}
+
+/// Splits events into those seen for the first time, now recorded, and repeats (of earlier
+/// batches or earlier in this one).
+private func recordEventIdentities(_ events: [CountedEvent], _ db: isolated PostgresConnection) throws -> (fresh: [CountedEvent], repeated: [CountedEvent]) {
+    var firstInBatch: [EventIdentity: Int] = [:]
+    var repeated: [CountedEvent] = []
+    var candidates: [CountedEvent] = []
+    for event in events {
+        let identity = EventIdentity(tenant: event.tenant.rawValue, source: event.source, id: event.id)
+        if firstInBatch[identity] == nil {
+            firstInBatch[identity] = candidates.count
+            candidates.append(event)
+        } else {
+            repeated.append(event)
+        }
+    }
+    try db.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS sink_events (tenant text, source text, event_id text, event_time_us bigint)
+        ON COMMIT DELETE ROWS
+        """)
+    try db.copy(
+        into: "sink_events", columns: ["tenant", "source", "event_id", "event_time_us"],
+        rows: candidates.lazy.map { [$0.tenant.rawValue, $0.source, $0.id, microseconds($0.time)] })
+    let inserted = try db.query(
+        """
+        INSERT INTO tally.seen_events (tenant, source, event_id, event_time)
+        SELECT tenant, source, event_id, 'epoch'::timestamptz + event_time_us * interval '1 microsecond' FROM sink_events
+        ON CONFLICT DO NOTHING
+        RETURNING tenant, source, event_id
+        """)
+    var isFresh = [Bool](repeating: false, count: candidates.count)
+    for row in inserted {
+        let identity = EventIdentity(tenant: try row.string("tenant") ?? "", source: try row.string("source") ?? "", id: try row.string("event_id") ?? "")
+        if let index = firstInBatch[identity] { isFresh[index] = true }
+    }
+    let fresh = candidates.indices.filter { isFresh[$0] }.map { candidates[$0] }
+    repeated += candidates.indices.filter { !isFresh[$0] }.map { candidates[$0] }
+    return (fresh, repeated)
+}
+
+/// Records the distinct values of the unique-count deltas and sets each delta's value to how
+/// many of its values are new to the window.
+private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: isolated PostgresConnection) throws {
+    try db.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS sink_distinct (
+            tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text, value_key text
+        ) ON COMMIT DELETE ROWS
+        """)
+    let uniqueCounts = deltas.filter { $0.value.aggregation == .uniqueCount }
+    try db.copy(
+        into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"],
+        rows: uniqueCounts.lazy.flatMap { key, row in
+            row.distinctValues.map { [key.tenant.rawValue, key.meter, key.subject, key.windowSize, microseconds(key.windowStart), key.groupKey, $0] }
+        })
+    let inserted = try db.query(
+        """
+        INSERT INTO tally.usage_distinct (tenant, meter, subject, window_size, window_start, group_key, value_key)
+        SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key, value_key
+        FROM sink_distinct
+        ON CONFLICT DO NOTHING
+        RETURNING tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS window_start_us, group_key
+        """)
+    var newValues: [UsageKey: Int] = [:]
+    for row in inserted {
+        let key = UsageKey(
+            tenant: try TenantID(try row.string("tenant") ?? ""), meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "",
+            windowSize: try row.string("window_size") ?? "",
+            windowStart: Date(timeIntervalSince1970: Double(try row.int64("window_start_us") ?? 0) / 1_000_000), groupKey: try row.string("group_key") ?? "")
+        newValues[key, default: 0] += 1
+    }
+    for key in uniqueCounts.keys { deltas[key]?.value = Decimal(newValues[key] ?? 0) }
+}
+
+private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count, first_event_at, last_event_at"
+
+/// Folds a delta into the stored window by the stored row's aggregation.
+private let usageMerge = """
+    ON CONFLICT (tenant, meter, window_size, window_start, subject, group_key) DO UPDATE SET
+        value = CASE u.aggregation
+            WHEN 'min' THEN LEAST(u.value, EXCLUDED.value)
+            WHEN 'max' THEN GREATEST(u.value, EXCLUDED.value)
+            WHEN 'avg' THEN (u.total + EXCLUDED.total) / (u.event_count + EXCLUDED.event_count)
+            WHEN 'latest' THEN CASE WHEN EXCLUDED.last_event_at >= u.last_event_at THEN EXCLUDED.value ELSE u.value END
+            ELSE u.value + EXCLUDED.value
+        END,
+        total = u.total + EXCLUDED.total, event_count = u.event_count + EXCLUDED.event_count,
+        first_event_at = LEAST(u.first_event_at, EXCLUDED.first_event_at), last_event_at = GREATEST(u.last_event_at, EXCLUDED.last_event_at),
+        updated_at = now()
+    """
+
+/// Stages the deltas with COPY, then upserts them all in one statement; Postgres routes each
+/// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
+/// and cheap to format; an average's value is its total over its count, divided by Postgres.
+private func upsertUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+    try db.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS sink_usage (
+            tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text, aggregation text,
+            value numeric, total numeric, event_count bigint, first_event_us bigint, last_event_us bigint
+        ) ON COMMIT DELETE ROWS
+        """)
+    try db.copy(
+        into: "sink_usage",
+        columns: [
+            "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total", "event_count",
+            "first_event_us", "last_event_us",
+        ],
+        rows: rows.lazy.map { row in
+            [
+                row.tenant.rawValue, row.meter, row.subject, row.windowSize.rawValue, microseconds(row.windowStart), row.groupKey,
+                row.aggregation.rawValue, "\(row.value)", "\(row.total)", String(row.eventCount), microseconds(row.firstEventAt),
+                microseconds(row.lastEventAt),
+            ]
+        })
+    try db.execute(
+        """
+        INSERT INTO tally.usage AS u (\(usageColumns))
+        SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
+               aggregation, CASE aggregation WHEN 'avg' THEN total / event_count ELSE value END, total, event_count,
+               'epoch'::timestamptz + first_event_us * interval '1 microsecond', 'epoch'::timestamptz + last_event_us * interval '1 microsecond'
+        FROM sink_usage
+        \(usageMerge)
+        """)
+}
+
+/// Upserts delta by delta through one prepared statement in pipeline mode.
+private func upsertUsagePipelined(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+    try db.pipeline(
+        """
+        INSERT INTO tally.usage AS u (\(usageColumns))
+        VALUES ($1, $2, $3, $4, $5, $6, $7, CASE $7::text WHEN 'avg' THEN $9::numeric / $10::bigint ELSE $8::numeric END, $9, $10, $11, $12)
+        \(usageMerge)
+        """,
+        parameterSets: rows.lazy.map { row in
+            [
+                .text(row.tenant.rawValue), .text(row.meter), .text(row.subject), .text(row.windowSize.rawValue), .timestamptz(row.windowStart),
+                .text(row.groupKey), .text(row.aggregation.rawValue), .numeric("\(row.value)"), .numeric("\(row.total)"), .int64(row.eventCount),
+                .timestamptz(row.firstEventAt), .timestamptz(row.lastEventAt),
+            ]
+        })
+}
+
+private func addStats(_ stats: [StatsKey: EventStats], _ db: isolated PostgresConnection) throws {
+    try db.pipeline(
+        """
+        INSERT INTO tally.event_stats AS s (tenant, day, counted, deduplicated, late, rejected)
+        VALUES ($1, date '1970-01-01' + $2::integer, $3, $4, $5, $6)
+        ON CONFLICT (tenant, day) DO UPDATE SET
+            counted = s.counted + EXCLUDED.counted, deduplicated = s.deduplicated + EXCLUDED.deduplicated,
+            late = s.late + EXCLUDED.late, rejected = s.rejected + EXCLUDED.rejected, updated_at = now()
+        """,
+        parameterSets: stats.sorted { ($0.key.tenant, $0.key.day) < ($1.key.tenant, $1.key.day) }.map { key, counts in
+            [.text(key.tenant.rawValue), .int32(key.day), .int64(counts.counted), .int64(counts.deduplicated), .int64(counts.late), .int64(counts.rejected)]
+        })
+}
+
+private func recordRejections(_ rejections: [RejectedInput], _ db: isolated PostgresConnection) throws {
+    try db.copy(
+        into: "tally.rejections",
+        columns: ["tenant", "kind", "meter", "source", "event_id", "event_time", "topic", "partition", "record_offset", "reason"],
+        rows: rejections.lazy.map { rejection in
+            [
+                rejection.tenant.rawValue, rejection.kind.rawValue, rejection.meter, rejection.source, rejection.eventID,
+                EventTimeText.utc(rejection.time), rejection.partition.topic, String(rejection.partition.partition), String(rejection.offset),
+                rejection.reason,
+            ]
+        })
+}
+
+extension UsageRow {
+    /// This delta followed by `later` in the log, as one delta.
+    func merged(with later: UsageRow) -> UsageRow {
+        var merged = self
+        switch aggregation {
+        case .min: merged.value = Swift.min(value, later.value)
+        case .max: merged.value = Swift.max(value, later.value)
+        case .latest: merged.value = later.lastEventAt >= lastEventAt ? later.value : value
+        case .uniqueCount: merged.distinctValues.formUnion(later.distinctValues)
+        case .count, .sum, .avg: merged.value = value + later.value
+        }
+        merged.total = total + later.total
+        merged.eventCount = eventCount + later.eventCount
+        merged.firstEventAt = Swift.min(firstEventAt, later.firstEventAt)
+        merged.lastEventAt = Swift.max(lastEventAt, later.lastEventAt)
+        return merged
+    }
+}
+
+/// The primary key of a usage window.
+struct UsageKey: Hashable {
+    let tenant: TenantID, meter: String, subject: String, windowSize: String, windowStart: Date, groupKey: String
+
+    init(tenant: TenantID, meter: String, subject: String, windowSize: String, windowStart: Date, groupKey: String) {
+        (self.tenant, self.meter, self.subject, self.windowSize, self.windowStart, self.groupKey) = (tenant, meter, subject, windowSize, windowStart, groupKey)
+    }
+
+    init(_ row: UsageRow) {
+        self.init(
+            tenant: row.tenant, meter: row.meter, subject: row.subject, windowSize: row.windowSize.rawValue, windowStart: row.windowStart,
+            groupKey: row.groupKey)
+    }
+}
+
+private struct EventIdentity: Hashable {
+    let tenant: String, source: String, id: String
+}
+
+private struct StatsKey: Hashable {
+    let tenant: TenantID
+    /// Days since 1970-01-01 of the UTC date.
+    let day: Int32
+
+    init(tenant: TenantID, time: Date) {
+        self.tenant = tenant
+        day = Int32((time.timeIntervalSince1970 / 86_400).rounded(.down))
+    }
+}
+
+private struct EventStats {
+    var counted: Int64 = 0, deduplicated: Int64 = 0, late: Int64 = 0, rejected: Int64 = 0
+}
+
+/// UTC timestamps as Postgres reads them, e.g. `2026-11-28 20:15:00.123456+00`.
+enum EventTimeText {
+    static func utc(_ date: Date) -> String {
+        let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
+        let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
+        let fraction = micros - seconds * 1_000_000
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: Double(seconds)))
+        return String(
+            format: "%04d-%02d-%02d %02d:%02d:%02d.%06d+00", parts.year!, parts.month!, parts.day!, parts.hour!, parts.minute!, parts.second!,
+            Int(fraction))
+    }
+}
+
+func microseconds(_ date: Date) -> String {
+    String(Int64((date.timeIntervalSince1970 * 1_000_000).rounded()))
+}

@@ -1,0 +1,77 @@
+import Foundation
+import Postgres
+import Sink
+import Tenancy
+import Testing
+
+/// Usage rows are deltas: each aggregation folds batches into the same state as one batch.
+@Suite struct SinkMergeTests {
+    static let hour = Date(timeIntervalSince1970: 1_764_288_000)
+
+    func delta(
+        _ aggregation: Aggregation, value: Decimal, total: Decimal = 0, count: Int64 = 1, at second: Double = 10, distinct: Set<String> = []
+    ) throws -> UsageRow {
+        UsageRow(
+            tenant: try TenantID("acme"), meter: aggregation.rawValue, subject: "customer_1", windowSize: .hour, windowStart: Self.hour,
+            aggregation: aggregation, value: value, total: total, eventCount: count, firstEventAt: Self.hour.addingTimeInterval(second),
+            lastEventAt: Self.hour.addingTimeInterval(second), distinctValues: distinct)
+    }
+
+    @Test(arguments: [SinkWriteMethod.stagedUpsert, .pipelinedUpserts])
+    func everyAggregationMergesAcrossBatches(method: SinkWriteMethod) async throws {
+        try await withSink(writeMethod: method) { sink, db, _ in
+            // Two batches; the second holds two deltas of one window, which fold first.
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
+                try delta(.count, value: 2, count: 2), try delta(.sum, value: 7, total: 7), try delta(.min, value: 4), try delta(.max, value: 4),
+                try delta(.avg, value: 0, total: 10, count: 2), try delta(.latest, value: 3, at: 50), try delta(.uniqueCount, value: 0, count: 2, distinct: ["a", "b"]),
+            ]))
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
+                try delta(.count, value: 1), try delta(.count, value: 1), try delta(.sum, value: 5, total: 5), try delta(.sum, value: -1, total: -1),
+                try delta(.min, value: 9), try delta(.min, value: 1), try delta(.max, value: 9), try delta(.max, value: -3),
+                try delta(.avg, value: 0, total: 2), try delta(.avg, value: 0, total: 3),
+                try delta(.latest, value: 8, at: 60), try delta(.latest, value: 1, at: 20),
+                try delta(.uniqueCount, value: 0, distinct: ["b", "c"]), try delta(.uniqueCount, value: 0, distinct: ["c"]),
+            ]))
+            let rows = try await db.query("SELECT meter, value::text AS value, event_count, last_event_at FROM tenant_acme.usage ORDER BY meter")
+            let values = Dictionary(uniqueKeysWithValues: try rows.map { (try $0.string("meter")!, try $0.string("value")!) })
+            #expect(values["count"] == "4")
+            #expect(values["sum"] == "11")
+            #expect(values["min"] == "1")
+            #expect(values["max"] == "9")
+            #expect(Decimal(string: values["avg"] ?? "") == 3.75, "(10 + 2 + 3) / 4")
+            #expect(values["latest"] == "8", "the value at second 60")
+            #expect(values["unique_count"] == "3", "a, b, c")
+        }
+    }
+
+    @Test func eventsCountOncePerIdentityAndStatsExplainEveryInput() async throws {
+        try await withSink { sink, db, _ in
+            let acme = try TenantID("acme")
+            let partition = LogPartition(topic: "events", partition: 0)
+            func event(_ id: String, source: String = "/api") throws -> CountedEvent {
+                CountedEvent(tenant: acme, source: source, id: id, time: Self.hour.addingTimeInterval(5), usage: [try delta(.count, value: 1)])
+            }
+            try await sink.commit(SinkBatch(
+                consumerGroup: "usage", positions: [:],
+                events: [try event("e1"), try event("e2"), try event("e1"), try event("e1", source: "/other")],
+                rejections: [
+                    RejectedInput(tenant: acme, kind: .late, source: "/api", eventID: "old", time: Self.hour, partition: partition, offset: 7, reason: "older than the grace of 7 days"),
+                    RejectedInput(tenant: acme, kind: .meter, meter: "tokens", source: "/api", eventID: "e2", time: Self.hour, partition: partition, offset: 2, reason: "data.tokens is missing"),
+                ]))
+            try await sink.commit(SinkBatch(
+                consumerGroup: "usage", positions: [:], events: [try event("e2"), try event("e3")],
+                rejections: [RejectedInput(tenant: acme, kind: .invalid, time: Self.hour, partition: partition, offset: 9, reason: "malformed body")]))
+            #expect(try await db.query("SELECT value::text AS v FROM tenant_acme.usage")[0].string("v") == "4", "e1, e2, e1 from /other, e3")
+            let stats = try await db.query("SELECT counted, deduplicated, late, rejected FROM tenant_acme.event_stats")
+            #expect(stats.count == 1)
+            #expect(try stats[0].int64("counted") == 4)
+            #expect(try stats[0].int64("deduplicated") == 2)
+            #expect(try stats[0].int64("late") == 1)
+            #expect(try stats[0].int64("rejected") == 1)
+            let reasons = try await db.query("SELECT kind, meter, reason FROM tenant_acme.rejections ORDER BY record_offset").map { try $0.string("kind")! }
+            #expect(reasons == ["meter", "late", "invalid"])
+            // Past the horizon, identities are forgotten.
+            #expect(try await sink.forgetEvents(before: Self.hour.addingTimeInterval(60)) == 4)
+        }
+    }
+}
