@@ -69,6 +69,15 @@ let package = Package(
             ],
             path: "Sources/Ingest/Gateway"),
 
+        // Processors: meters into usage deltas, and the usage processor.
+        .target(
+            name: "Metering", dependencies: ["Events", "Sink", "Tenancy", "Declarations", .product(name: "Yams", package: "Yams")],
+            path: "Sources/Processors/Metering"),
+        .target(
+            name: "UsageProcessing",
+            dependencies: ["Metering", "Events", "Sink", "Kafka", "Tenancy", .product(name: "Logging", package: "swift-log")],
+            path: "Sources/Processors/Usage"),
+
         // The only writer of Postgres: per-tenant schemas, offsets, fenced atomic commits.
         .target(name: "Sink", dependencies: ["Postgres", "Tenancy"]),
 
@@ -82,10 +91,11 @@ let package = Package(
         .executableTarget(
             name: "TallyCommand",
             dependencies: [
-                "Kafka", "Postgres", "LocalPostgres", "Sink", "TopicCatalog", "Tenancy", "IngestGateway",
+                "Kafka", "Postgres", "LocalPostgres", "Sink", "TopicCatalog", "Tenancy", "IngestGateway", "Metering", "UsageProcessing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]),
 
         // Producer benchmark: the Swift layer against the same loop in C.
@@ -127,6 +137,12 @@ let package = Package(
                 "Events", "TallySDK", "IngestGateway", "Tenancy", "Declarations", "Kafka", "TestSupport", "TallyCommand",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "ProcessorTests",
+            dependencies: [
+                "Metering", "UsageProcessing", "Events", "Sink", "Tenancy", "Declarations", "TallySDK", "Kafka", "Postgres", "LocalPostgres",
+                "TestSupport", "TallyCommand", .product(name: "Subprocess", package: "swift-subprocess"),
             ]),
         .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),

@@ -9,6 +9,7 @@ import Sink
 import Synchronization
 import Tenancy
 import TopicCatalog
+import UsageProcessing
 
 /// `tally demo`: the main job on embedded defaults.
 struct DemoCommand: AsyncParsableCommand {
@@ -123,7 +124,8 @@ struct DemoCommand: AsyncParsableCommand {
                 lastSequence[tenantName] = sequence
                 counts[try TenantID(tenantName), default: 0] += 1
                 let partition = LogPartition(topic: record.topic, partition: record.partition)
-                positions[partition] = CommittedPosition(nextOffset: record.offset + 1, epoch: try ownership.epoch(of: partition))
+                guard let epoch = ownership.epoch(of: partition) else { throw ValidationError("\(partition) is not owned") }
+                positions[partition] = CommittedPosition(nextOffset: record.offset + 1, epoch: epoch)
             }
             let rows = counts.map { tenant, count in
                 UsageRow(
@@ -153,34 +155,5 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("the tenant schemas hold \(storedEvents) events and the offsets \(offsets), expected \(events)")
         }
         emit("sink      \(storedTenants) tenant schemas hold \(storedEvents) events; offsets stored with them")
-    }
-}
-
-/// Takes ownership of assigned partitions from the Sink and starts them at its stored offsets.
-private final class SinkOwnership: RebalanceListener {
-    let sink: SinkStore
-    let group: String
-    private let epochs = Mutex<[LogPartition: Int64]>([:])
-
-    init(sink: SinkStore, group: String) {
-        self.sink = sink
-        self.group = group
-    }
-
-    func epoch(of partition: LogPartition) throws -> Int64 {
-        guard let epoch = epochs.withLock({ $0[partition] }) else { throw ValidationError("\(partition) is not owned") }
-        return epoch
-    }
-
-    func partitionsAssigned(_ partitions: [TopicPartition]) async throws -> [TopicPartition: Int64] {
-        let owned = try await sink.acquire(partitions.map { LogPartition(topic: $0.topic, partition: $0.partition) }, group: group)
-        epochs.withLock { epochs in for (partition, ownership) in owned { epochs[partition] = ownership.epoch } }
-        return Dictionary(uniqueKeysWithValues: partitions.compactMap { partition in
-            owned[LogPartition(topic: partition.topic, partition: partition.partition)]?.nextOffset.map { (partition, $0) }
-        })
-    }
-
-    func partitionsRevoked(_ partitions: [TopicPartition], lost: Bool) async {
-        epochs.withLock { epochs in for partition in partitions { epochs[LogPartition(topic: partition.topic, partition: partition.partition)] = nil } }
     }
 }

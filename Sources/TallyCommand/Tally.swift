@@ -8,8 +8,8 @@ struct Tally: AsyncParsableCommand {
         commandName: "tally",
         abstract: "Multi-tenant usage metering and billing pipeline.",
         subcommands: [
-            DemoCommand.self, BrokerCommand.self, TopicsCommand.self, IngestCommand.self, TenantsCommand.self, ConsumeCommand.self,
-            SinkCommand.self,
+            DemoCommand.self, BrokerCommand.self, TopicsCommand.self, IngestCommand.self, ProcessCommand.self, TenantsCommand.self,
+            ConsumeCommand.self, SinkCommand.self,
         ])
 }
 

@@ -1,0 +1,131 @@
+import Events
+import Foundation
+import Sink
+import Tenancy
+
+/// Why one meter could not use an event; the other meters still count it.
+public struct MeterFailure: Error, Sendable, Equatable {
+    public let meter: String
+    public let reason: String
+
+    public init(meter: String, reason: String) {
+        self.meter = meter
+        self.reason = reason
+    }
+}
+
+/// Turns an event into the usage deltas of its tenant's meters: one per meter and window,
+/// in the window of the event's time (UTC for minute and hour, the tenant's zone for day and
+/// month, so calendar months are right outside UTC).
+public struct UsageCalculator: Sendable {
+    private let catalog: MeterCatalog
+    private let calendars: [TenantID: Calendar]
+    private let utc: Calendar
+
+    public init(catalog: MeterCatalog, timeZones: [TenantID: TimeZone]) {
+        self.catalog = catalog
+        var utc = Calendar(identifier: .gregorian)
+        utc.timeZone = TimeZone(identifier: "UTC")!
+        self.utc = utc
+        calendars = timeZones.mapValues { zone in
+            var calendar = Calendar(identifier: .gregorian)
+            calendar.timeZone = zone
+            return calendar
+        }
+    }
+
+    /// The event's deltas for every meter of its tenant and type, and the meters that could
+    /// not use it.
+    public func usage(of event: UsageEvent) -> (rows: [UsageRow], failures: [MeterFailure]) {
+        let meters = catalog.meters(for: event.tenant, type: event.type)
+        guard !meters.isEmpty else { return ([], []) }
+        var rows: [UsageRow] = []
+        var failures: [MeterFailure] = []
+        let time = event.time.date
+        for meter in meters {
+            let measured: (value: Decimal, distinct: Set<String>)
+            switch measure(meter, in: event.data) {
+            case .success(let value): measured = value
+            case .failure(let failure): failures.append(failure); continue
+            }
+            var groupValues: [JSONValue] = []
+            var missingGroup: String?
+            for path in meter.groupBy {
+                guard let value = Self.lookup(path, in: event.data), Self.isScalar(value) else {
+                    missingGroup = path.joined(separator: ".")
+                    break
+                }
+                groupValues.append(value)
+            }
+            if let missingGroup {
+                failures.append(MeterFailure(meter: meter.name, reason: "group field data.\(missingGroup) is missing or not a string, number or boolean"))
+                continue
+            }
+            let groupKey: String
+            if groupValues.isEmpty {
+                groupKey = ""
+            } else {
+                var writer = JSONWriter()
+                writer.write(.array(groupValues))
+                groupKey = String(decoding: writer.bytes, as: UTF8.self)
+            }
+            for window in meter.windows {
+                rows.append(
+                    UsageRow(
+                        tenant: event.tenant, meter: meter.name, subject: event.subject, windowSize: window,
+                        windowStart: windowStart(of: time, size: window, tenant: event.tenant), groupKey: groupKey, aggregation: meter.aggregation,
+                        value: measured.value, total: meter.aggregation == .count ? 1 : measured.value, eventCount: 1, firstEventAt: time,
+                        lastEventAt: time, distinctValues: measured.distinct))
+            }
+        }
+        return (rows, failures)
+    }
+
+    /// The start of the window of `size` holding `time`.
+    public func windowStart(of time: Date, size: UsageRow.WindowSize, tenant: TenantID) -> Date {
+        let seconds = time.timeIntervalSince1970
+        switch size {
+        case .minute: return Date(timeIntervalSince1970: (seconds / 60).rounded(.down) * 60)
+        case .hour: return Date(timeIntervalSince1970: (seconds / 3600).rounded(.down) * 3600)
+        case .day: return (calendars[tenant] ?? utc).dateInterval(of: .day, for: time)!.start
+        case .month: return (calendars[tenant] ?? utc).dateInterval(of: .month, for: time)!.start
+        }
+    }
+
+    private func measure(_ meter: MeterDefinition, in data: JSONObject) -> Result<(value: Decimal, distinct: Set<String>), MeterFailure> {
+        if meter.aggregation == .count { return .success((1, [])) }
+        let path = "data." + meter.valuePath.joined(separator: ".")
+        guard let value = Self.lookup(meter.valuePath, in: data) else {
+            return .failure(MeterFailure(meter: meter.name, reason: "\(path) is missing"))
+        }
+        if meter.aggregation == .uniqueCount {
+            guard Self.isScalar(value) else {
+                return .failure(MeterFailure(meter: meter.name, reason: "\(path) must be a string, number or boolean, not \(value.kindDescription)"))
+            }
+            var writer = JSONWriter()
+            writer.write(value)
+            return .success((0, [String(decoding: writer.bytes, as: UTF8.self)]))
+        }
+        switch value {
+        case .integer(let number): return .success((Decimal(number), []))
+        case .double(let number): return .success((Decimal(string: number.description) ?? Decimal(number), []))
+        default: return .failure(MeterFailure(meter: meter.name, reason: "\(path) must be a number, not \(value.kindDescription)"))
+        }
+    }
+
+    static func lookup(_ path: [String], in data: JSONObject) -> JSONValue? {
+        var current = JSONValue.object(data)
+        for name in path {
+            guard case .object(let object) = current, let next = object[name] else { return nil }
+            current = next
+        }
+        return current
+    }
+
+    private static func isScalar(_ value: JSONValue) -> Bool {
+        switch value {
+        case .string, .integer, .double, .bool: true
+        default: false
+        }
+    }
+}

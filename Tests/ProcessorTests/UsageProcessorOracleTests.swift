@@ -1,0 +1,194 @@
+import Foundation
+import Kafka
+import LocalPostgres
+import Postgres
+import Subprocess
+import TestSupport
+import Testing
+
+/// The usage processor as real `tally process usage` processes against `tally broker` and a
+/// real Postgres, compared row by row with `UsageOracle`.
+@Suite(.serialized) struct UsageProcessorOracleTests {
+    struct World {
+        let oracle: UsageOracle
+        let bootstrap: String
+        let server: LocalPostgresServer
+        let tenantsFile: String
+        let metersFile: String
+    }
+
+    func withWorld(events: Int, _ body: @Sendable (World) async throws -> Void) async throws {
+        let oracle = UsageOracle(events: events, tenants: 12, seed: 42)
+        let topics = try temporaryFile(
+            named: "topics.yaml",
+            contents: "topics:\n  - name: events\n    partitions: 4\n    replication_factor: 1\n  - name: events.dlq\n    partitions: 1\n    replication_factor: 1\n")
+        let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: oracle.tenantsYAML)
+        let metersFile = try temporaryFile(named: "meters.yaml", contents: oracle.metersYAML)
+        try await withLocalPostgres { server in
+            try await TallyProcess.withBroker(topicsFile: topics, brokers: 1) { bootstrap in
+                try await body(World(oracle: oracle, bootstrap: bootstrap, server: server, tenantsFile: tenantsFile, metersFile: metersFile))
+            }
+        }
+    }
+
+    /// Produces part of the oracle's records, in order.
+    func produce(_ records: ArraySlice<ProducerRecord>, _ world: World) async throws {
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: world.bootstrap))
+        let outcomes = await producer.send(Array(records))
+        await producer.close()
+        #expect(outcomes.allSatisfy { (try? $0.get()) != nil })
+    }
+
+    /// Waits until some partition changed hands (its owner epoch passed 1).
+    func waitForRebalance(_ world: World, timeout: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await highestEpoch(world) >= 2 { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw TallyProcess.Failure(description: "no partition changed hands in time")
+    }
+
+    /// Runs `tally process usage` while `body` runs; `body` gets the process to signal.
+    func withProcessor(_ world: World, _ body: (Execution<NoInput, SequenceOutput, DiscardedOutput>) async throws -> Void) async throws {
+        _ = try await Subprocess.run(
+            .path(TallyProcess.executable),
+            arguments: [
+                "process", "usage", "--bootstrap", world.bootstrap, "--postgres", world.server.connectionString, "--tenants", world.tenantsFile,
+                "--meters", world.metersFile, "--max-batch", "2000", "--session-timeout", "6", "--log-level", "warning",
+            ],
+            input: .none, output: .sequence, error: .discarded
+        ) { execution in
+            try await body(execution)
+            var lines = execution.standardOutput.strings().makeAsyncIterator()
+            while try await lines.next() != nil {}
+        }
+    }
+
+    /// Waits until the Sink's offsets for group `usage` cover `records` records.
+    func waitForCommittedRecords(_ records: Int, _ world: World, timeout: Duration = .seconds(180)) async throws {
+        let db = try await PostgresConnection.connect(world.server.connectionString)
+        defer { Task { await db.close() } }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let committed = try? await db.query("SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM tally.offsets WHERE consumer_group = 'usage'")
+            if let committed, try committed[0].int64("n") ?? 0 >= Int64(records) { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw TallyProcess.Failure(description: "the processors did not commit \(records) records in time")
+    }
+
+    /// The highest owner epoch any partition reached: above 1 after a partition changed hands.
+    func highestEpoch(_ world: World) async throws -> Int64 {
+        let db = try await PostgresConnection.connect(world.server.connectionString)
+        let epoch = try await db.query("SELECT max(epoch) AS e FROM tally.partition_owners WHERE consumer_group = 'usage'")[0].int64("e") ?? 0
+        await db.close()
+        return epoch
+    }
+
+    /// Every usage row, stat and dead letter equals the oracle's.
+    func compare(_ world: World) async throws {
+        let db = try await PostgresConnection.connect(world.server.connectionString)
+        let rows = try await db.query(
+            """
+            SELECT tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS start, group_key,
+                   value::text AS value, event_count, (extract(epoch FROM first_event_at) * 1000000)::bigint AS first,
+                   (extract(epoch FROM last_event_at) * 1000000)::bigint AS last
+            FROM tally.usage
+            """)
+        var actual: [UsageOracle.Key: UsageOracle.Window] = [:]
+        for row in rows {
+            let key = UsageOracle.Key(
+                tenant: try row.string("tenant")!, meter: try row.string("meter")!, subject: try row.string("subject")!, window: try row.string("window_size")!,
+                start: try row.int64("start")!, group: try row.string("group_key")!)
+            actual[key] = UsageOracle.Window(
+                value: Decimal(string: try row.string("value")!)!, total: 0, count: try row.int64("event_count")!, first: try row.int64("first")!,
+                last: try row.int64("last")!, distinct: [])
+        }
+        let expected = world.oracle.expected
+        #expect(expected.count > 1_000, "the oracle expects a real workload")
+        #expect(actual.count == expected.count, "rows: \(actual.count) stored, \(expected.count) expected")
+        var mismatches: [String] = []
+        for (key, want) in expected {
+            guard let got = actual[key] else { mismatches.append("missing \(key)"); continue }
+            let valueMatches: Bool
+            if world.oracle.aggregations[key.meter] == "avg" {
+                let mean = NSDecimalNumber(decimal: want.total).doubleValue / Double(want.count)
+                valueMatches = abs(NSDecimalNumber(decimal: got.value).doubleValue - mean) <= 1e-9 * max(1, abs(mean))
+            } else {
+                valueMatches = got.value == want.value
+            }
+            if !valueMatches || got.count != want.count || got.first != want.first || got.last != want.last {
+                mismatches.append("\(key): stored \(got.value) × \(got.count) [\(got.first), \(got.last)], expected \(want.value) × \(want.count) [\(want.first), \(want.last)]")
+            }
+        }
+        for key in actual.keys where expected[key] == nil { mismatches.append("unexpected \(key)") }
+        #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, e.g. \(mismatches.prefix(5))")
+
+        let stats = try await db.query(
+            "SELECT tenant, sum(counted)::bigint AS c, sum(deduplicated)::bigint AS d, sum(late)::bigint AS l, sum(rejected)::bigint AS r FROM tally.event_stats GROUP BY tenant")
+        var storedStats: [String: UsageOracle.Stats] = [:]
+        for row in stats {
+            storedStats[try row.string("tenant")!] = UsageOracle.Stats(
+                counted: try row.int64("c")!, deduplicated: try row.int64("d")!, late: try row.int64("l")!, rejected: try row.int64("r")!)
+        }
+        #expect(storedStats == world.oracle.stats)
+        await db.close()
+        let deadLetters = try await readWholeTopic("events.dlq", bootstrap: world.bootstrap)
+        #expect(deadLetters.count == world.oracle.deadLetters)
+        #expect(deadLetters.allSatisfy { ["late", "invalid"].contains($0.header("tally.error.class") ?? "") && $0.header("tally.original.offset") != nil })
+    }
+
+    @Test func oneProcessorComputesExactlyWhatTheOracleExpects() async throws {
+        try await withWorld(events: 40_000) { world in
+            try await produce(world.oracle.records[...], world)
+            try await withProcessor(world) { processor in
+                try await waitForCommittedRecords(world.oracle.records.count, world)
+                try processor.send(signal: .terminate)
+            }
+            try await compare(world)
+        }
+    }
+
+    @Test func twoProcessorsWithARebalanceInTheMiddleStayExact() async throws {
+        try await withWorld(events: 20_000) { world in
+            let records = world.oracle.records
+            let half = records.count / 2
+            try await produce(records[..<half], world)
+            try await withProcessor(world) { first in
+                try await waitForCommittedRecords(half, world)
+                // A second member joins: the group rebalances in the middle of the stream, and
+                // both members read the second half.
+                try await withProcessor(world) { second in
+                    try await waitForRebalance(world)
+                    try await produce(records[half...], world)
+                    try await waitForCommittedRecords(records.count, world)
+                    try second.send(signal: .terminate)
+                }
+                try first.send(signal: .terminate)
+            }
+            try await compare(world)
+        }
+    }
+
+    @Test func aProcessorKilledWithSIGKILLAndRestartedStaysExact() async throws {
+        try await withWorld(events: 20_000) { world in
+            let records = world.oracle.records
+            let half = records.count / 2
+            try await produce(records[..<half], world)
+            try await withProcessor(world) { doomed in
+                try await waitForCommittedRecords(half / 2, world)
+                try await produce(records[half...], world)
+                // Killed while it works through the second half: whatever it had not
+                // committed is read again by its successor.
+                try doomed.send(signal: .kill)
+            }
+            try await withProcessor(world) { successor in
+                try await waitForCommittedRecords(records.count, world)
+                try successor.send(signal: .terminate)
+            }
+            #expect(try await highestEpoch(world) >= 2, "the successor took the partitions over")
+            try await compare(world)
+        }
+    }
+}
