@@ -11,13 +11,15 @@ import Testing
 @Suite(.serialized) struct UsageProcessorOracleTests {
     struct World {
         let oracle: UsageOracle
+        /// Set when the broker is librdkafka's mock cluster in this process, for fault injection.
+        var cluster: MockCluster? = nil
         let bootstrap: String
         let server: LocalPostgresServer
         let tenantsFile: String
         let metersFile: String
     }
 
-    func withWorld(events: Int, _ body: @Sendable (World) async throws -> Void) async throws {
+    func withWorld(events: Int, brokerInProcess: Bool = false, _ body: @Sendable (World) async throws -> Void) async throws {
         let oracle = UsageOracle(events: events, tenants: 12, seed: 42)
         let topics = try temporaryFile(
             named: "topics.yaml",
@@ -25,6 +27,15 @@ import Testing
         let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: oracle.tenantsYAML)
         let metersFile = try temporaryFile(named: "meters.yaml", contents: oracle.metersYAML)
         try await withLocalPostgres { server in
+            if brokerInProcess {
+                let cluster = try MockCluster(brokers: 1)
+                defer { cluster.shutdown() }
+                try cluster.createTopic("events", partitions: 4, replicationFactor: 1)
+                try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 1)
+                try await body(
+                    World(oracle: oracle, cluster: cluster, bootstrap: cluster.bootstrapServers, server: server, tenantsFile: tenantsFile, metersFile: metersFile))
+                return
+            }
             try await TallyProcess.withBroker(topicsFile: topics, brokers: 1) { bootstrap in
                 try await body(World(oracle: oracle, bootstrap: bootstrap, server: server, tenantsFile: tenantsFile, metersFile: metersFile))
             }
@@ -188,6 +199,30 @@ import Testing
                 try successor.send(signal: .terminate)
             }
             #expect(try await highestEpoch(world) >= 2, "the successor took the partitions over")
+            try await compare(world)
+        }
+    }
+
+    @Test func aBrokerOutageAndAPostgresRestartMidStreamLoseAndDoubleNothing() async throws {
+        try await withWorld(events: 20_000, brokerInProcess: true) { world in
+            let records = world.oracle.records
+            let third = records.count / 3
+            try await produce(records[..<third], world)
+            try await withProcessor(world) { processor in
+                try await waitForCommittedRecords(third / 2, world)
+                // The broker goes away for a while (the fault's length, not a synchronisation).
+                try world.cluster!.setBrokerDown(1)
+                try await Task.sleep(for: .seconds(3))
+                try world.cluster!.setBrokerUp(1)
+                try await produce(records[third..<(2 * third)], world)
+                try await waitForCommittedRecords(third + third / 2, world)
+                // Postgres stops hard in the middle of the stream and comes back.
+                try await world.server.stop(immediate: true)
+                try await produce(records[(2 * third)...], world)
+                try await world.server.restart()
+                try await waitForCommittedRecords(records.count, world)
+                try processor.send(signal: .terminate)
+            }
             try await compare(world)
         }
     }

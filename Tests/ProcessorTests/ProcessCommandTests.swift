@@ -1,0 +1,82 @@
+import Events
+import Foundation
+import Kafka
+import Postgres
+import Subprocess
+import Tenancy
+import TestSupport
+import Testing
+
+/// `tally process usage` reloading its meters on SIGHUP.
+@Suite struct ProcessCommandTests {
+    @Test func aBadMetersFileIsRefusedWithItsLineAndTheRunningProcessorKeepsItsMeters() async throws {
+        let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: "tenants:\n  - id: acme\n")
+        let metersFile = try temporaryFile(
+            named: "meters.yaml", contents: "meters:\n  - {tenant: acme, name: requests, event_type: api.request, aggregation: count, windows: [day]}\n")
+        let startup = try await TallyProcess.run([
+            "process", "usage", "--bootstrap", "127.0.0.1:1", "--postgres", "host=/nonexistent", "--tenants", tenantsFile, "--meters",
+            try temporaryFile(named: "bad.yaml", contents: "meters:\n  - {tenant: acme, name: x, event_type: t, aggregation: median}\n"),
+        ])
+        #expect(startup.status != 0)
+        #expect(startup.errors.contains("bad.yaml:2:"), "\(startup.errors)")
+
+        try await withLocalPostgres { server in
+            let cluster = try MockCluster(brokers: 1)
+            defer { cluster.shutdown() }
+            try cluster.createTopic("events", partitions: 1, replicationFactor: 1)
+            try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 1)
+            let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+            defer { Task { await producer.close() } }
+            func send(_ id: String) async throws {
+                let event = UsageEvent(
+                    id: id, source: "/s", type: "api.request", subject: "c1", time: .now(), tenant: try TenantID("acme"), data: ["tokens": .integer(5)])
+                _ = try await producer.send(ProducerRecord(topic: "events", key: Array("acme".utf8), value: event.jsonBytes()))
+            }
+            let db = try await PostgresConnection.connect(server.connectionString)
+            func waitForOffset(_ offset: Int64) async throws {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < deadline {
+                    if let rows = try? await db.query("SELECT next_offset FROM tally.offsets"), try rows.first?.int64("next_offset") == offset { return }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                throw TallyProcess.Failure(description: "offset \(offset) not committed in time")
+            }
+            let outcome = try await Subprocess.run(
+                .path(TallyProcess.executable),
+                arguments: [
+                    "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants", tenantsFile,
+                    "--meters", metersFile, "--log-level", "notice",
+                ],
+                input: .none, output: .discarded, error: .sequence
+            ) { execution in
+                var errors = execution.standardError.strings().makeAsyncIterator()
+                func waitForLog(_ text: String) async throws -> String {
+                    while let line = try await errors.next() { if line.contains(text) { return line } }
+                    throw TallyProcess.Failure(description: "no log line with \(text)")
+                }
+                try await send("one")
+                try await waitForOffset(1)
+                try "meters:\n  - {tenant: acme, name: tokens, event_type: api.request, aggregation: sum, value: tokens\n"
+                    .write(toFile: metersFile, atomically: true, encoding: .utf8)
+                try execution.send(signal: Signal(rawValue: SIGHUP))
+                let refusal = try await waitForLog("kept the previous configuration")
+                #expect(refusal.contains("\(metersFile):"), "\(refusal)")
+                try await send("two")
+                try await waitForOffset(2)
+                try "meters:\n  - {tenant: acme, name: tokens, event_type: api.request, aggregation: sum, value: tokens, windows: [day]}\n"
+                    .write(toFile: metersFile, atomically: true, encoding: .utf8)
+                try execution.send(signal: Signal(rawValue: SIGHUP))
+                _ = try await waitForLog("reloaded the configuration")
+                try await send("three")
+                try await waitForOffset(3)
+                try execution.send(signal: .terminate)
+                while try await errors.next() != nil {}
+            }
+            #expect(outcome.terminationStatus.isSuccess)
+            // The old meter counted the first two events (the bad file changed nothing), the new one the third.
+            let rows = try await db.query("SELECT meter, value::text AS v FROM tenant_acme.usage ORDER BY meter")
+            #expect(try rows.map { "\(try $0.string("meter")!)=\(try $0.string("v")!)" } == ["requests=2", "tokens=5"])
+            await db.close()
+        }
+    }
+}
