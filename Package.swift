@@ -127,6 +127,16 @@ let package = Package(
             ],
             path: "Benchmarks/IngestBenchmark"),
 
+        // The usage processor end to end: throughput, peak RSS, lag.
+        .executableTarget(
+            name: "ProcessorBenchmark",
+            dependencies: [
+                "Events", "Tenancy", "Kafka", "Postgres", "LocalPostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            path: "Benchmarks/ProcessorBenchmark"),
+
         .target(
             name: "TestSupport",
             dependencies: ["Kafka", "LocalPostgres", .product(name: "Subprocess", package: "swift-subprocess")],

@@ -97,8 +97,8 @@ struct ProcessCommand: AsyncParsableCommand {
     }
 }
 
-/// Runs the processor until graceful shutdown.
-private struct ProcessorService: Service {
+/// Runs a usage processor until graceful shutdown.
+struct ProcessorService: Service {
     let processor: UsageProcessor
 
     func run() async throws {

@@ -64,7 +64,13 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         if !error.isCommitRefusedByRebalance { throw error }
     }
     let owned = try await consumer.assignment()
-    try await consumer.seek(first.filter { owned.contains($0.key) })
+    do {
+        try await consumer.seek(first.filter { owned.contains($0.key) })
+    } catch {
+        // An eager rebalance is taking the partitions away mid-seek: whoever gets them next
+        // starts at the committed offset, which is the start of this batch anyway.
+        guard error.code == .timedOut else { throw error }
+    }
     return false
 }
 

@@ -4,7 +4,7 @@ import Testing
 
 /// The main job, run as a user would run it.
 @Suite struct DemoTests {
-    @Test func theDemoCarriesEveryEventFromBrokerToPostgres() async throws {
+    @Test func theDemoCarriesEveryEventFromHTTPThroughKafkaIntoTheTenantSchemas() async throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let run = try await TallyProcess.run([
             "demo", "--topics", root.appendingPathComponent("topics.yaml").path, "--events", "3000", "--tenants", "7",
@@ -12,10 +12,11 @@ import Testing
         ])
         #expect(run.status == 0, "\(run.errors)")
         let lines = run.output.split(separator: "\n").map(String.init)
-        #expect(lines.contains("produce   3000/3000 acknowledged"))
-        #expect(lines.contains("consume   3000/3000 read in per-tenant order and committed"))
-        #expect(lines.contains("sink      7 tenant schemas hold 3000 events; offsets stored with them"))
-        #expect(lines.last == "done      broker and Postgres stopped")
+        #expect(lines.contains("ingest    3000/3000 events accepted over HTTP (30 requests, every tenth sent twice)"))
+        #expect(lines.contains("process   3300/3300 records committed to the tenant schemas"))
+        #expect(lines.contains("sink      7 tenant schemas counted 3000 events once each; 300 retried events deduplicated"))
+        #expect(lines.filter { $0.hasPrefix("sample    tenant_0 tokens today: customer_") }.count == 3)
+        #expect(lines.last == "done      gateway, processor, broker and Postgres stopped")
     }
 
     @Test func theDemoRefusesNonsenseArgumentsWithAReason() async throws {

@@ -1,0 +1,216 @@
+import ArgumentParser
+import Events
+import Foundation
+import Kafka
+import LocalPostgres
+import Postgres
+import Subprocess
+import Synchronization
+import Tenancy
+
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
+
+/// End to end through `tally process usage`: a pre-filled `events` topic to committed usage
+/// rows (events/s and the processor's peak RSS), then a steady produce rate with the lag from
+/// acknowledgement to committed row.
+@main
+struct ProcessorBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "processor-benchmark")
+
+    @Option(help: "Events in the pre-filled topic.")
+    var events = 500_000
+
+    @Option(help: "Tenants.")
+    var tenants = 1_000
+
+    @Option(help: "Subjects.")
+    var subjects = 100_000
+
+    @Option(help: "Events per second in the lag run; 0 skips it.")
+    var lagRate = 10_000
+
+    @Option(help: "Seconds of the lag run.")
+    var lagSeconds = 30
+
+    func run() async throws {
+        let cluster = try MockCluster(brokers: 3)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("events", partitions: 12, replicationFactor: 3)
+        try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 3)
+        print("starting a throwaway Postgres (fsync off) …")
+        let server = try await LocalPostgresServer.start(durable: false)
+        do {
+            try await measure(cluster: cluster, server: server)
+        } catch {
+            await server.destroy()
+            throw error
+        }
+        await server.destroy()
+    }
+
+    private func measure(cluster: MockCluster, server: LocalPostgresServer) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("processor-bench-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let tenantIDs = try (0..<tenants).map { try TenantID("tenant\($0)") }
+        try ("tenants:\n" + tenantIDs.map { "  - id: \($0)\n" }.joined()).write(toFile: directory + "/tenants.yaml", atomically: true, encoding: .utf8)
+        try ("meters:\n" + tenantIDs.map { tenant in
+            """
+              - {tenant: \(tenant), name: requests, event_type: api.request, aggregation: count, windows: [hour]}
+              - {tenant: \(tenant), name: tokens, event_type: api.request, aggregation: sum, value: tokens, windows: [day]}
+              - {tenant: \(tenant), name: max_latency, event_type: api.request, aggregation: max, value: latency_ms, windows: [day]}
+              - {tenant: \(tenant), name: users, event_type: api.request, aggregation: unique_count, value: user, windows: [day]}
+
+            """
+        }.joined()).write(toFile: directory + "/meters.yaml", atomically: true, encoding: .utf8)
+
+        print("pre-filling events with \(events) events over \(tenants) tenants and \(subjects) subjects …")
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        let time = EventTime.now()
+        var sent = 0
+        while sent < events {
+            let chunk = (sent..<min(sent + 50_000, events)).map { Self.record(number: $0, tenants: tenantIDs, subjects: subjects, time: time) }
+            let failures = await producer.send(chunk).count { if case .failure = $0 { true } else { false } }
+            guard failures == 0 else { throw ValidationError("\(failures) events were not produced") }
+            sent += chunk.count
+            print("produced \(sent)/\(events)")
+        }
+
+        print("running tally process usage over the pre-filled topic …")
+        let (seconds, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
+            let start = ContinuousClock.now
+            try await waitForCommitted(events, server: server) { committed in print("committed \(committed)/\(events)") }
+            return (Self.seconds(since: start), Self.peakRSS(of: pid))
+        }
+        print("\n| run | events | seconds | events/s | processor peak RSS |")
+        print("|---|---:|---:|---:|---:|")
+        print("| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(peakRSS / 1024) MiB |")
+
+        guard lagRate > 0 else { return }
+        print("\nlag run: \(lagRate) events/s for \(lagSeconds) s …")
+        let lags = try await withProcessor(cluster: cluster, server: server, directory: directory) { _ in
+            try await lagRun(producer: producer, tenants: tenantIDs, server: server, alreadyCommitted: events)
+        }
+        await producer.close()
+        let sorted = lags.sorted()
+        func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
+        print("\n| produce rate | events | lag p50 | lag p99 | lag max |")
+        print("|---:|---:|---:|---:|---:|")
+        print("| \(lagRate)/s | \(sorted.count) | \(String(format: "%.0f", percentile(0.5))) ms | \(String(format: "%.0f", percentile(0.99))) ms | \(String(format: "%.0f", sorted.last! * 1000)) ms |")
+    }
+
+    private static func record(number: Int, tenants: [TenantID], subjects: Int, time: EventTime) -> ProducerRecord {
+        let tenant = tenants[number % tenants.count]
+        let event = UsageEvent(
+            id: "e\(number)", source: "/bench", type: "api.request", subject: "customer_\(number % subjects)", time: time, tenant: tenant,
+            data: ["tokens": .integer(Int64(number % 1000)), "latency_ms": .integer(Int64(number % 500)), "user": .string("u\(number % 50)")])
+        return ProducerRecord(topic: "events", key: Array(tenant.rawValue.utf8), value: event.jsonBytes(), timestampMilliseconds: time.millisecondsSinceEpoch)
+    }
+
+    /// Produces at `lagRate` in 10 ms steps, notes when each step was acknowledged, and when
+    /// the Sink's offsets covered it; returns each event's lag in seconds.
+    private func lagRun(producer: KafkaProducer, tenants: [TenantID], server: LocalPostgresServer, alreadyCommitted: Int) async throws -> [Double] {
+        let acknowledged = AcknowledgementLog()
+        let total = lagRate * lagSeconds
+        let perStep = max(1, lagRate / 100)
+        let (lagRate, events, subjects) = (lagRate, events, subjects)
+        let producing = Task {
+            let start = ContinuousClock.now
+            var sent = 0
+            while sent < total {
+                let due = start + .milliseconds(sent * 1000 / lagRate)
+                if due > .now { try await Task.sleep(until: due) }
+                let chunk = (sent..<min(sent + perStep, total)).map {
+                    Self.record(number: events + $0, tenants: tenants, subjects: subjects, time: .now())
+                }
+                sent += chunk.count
+                let count = sent
+                Task {
+                    _ = await producer.send(chunk)
+                    acknowledged.entries.withLock { $0.append((count, .now)) }
+                }
+            }
+        }
+        var committedAt: [(count: Int, at: ContinuousClock.Instant)] = []
+        let db = try await PostgresConnection.connect(server.connectionString)
+        while committedAt.last.map({ $0.count < total }) ?? true {
+            let committed = Int(try await db.query("SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM tally.offsets")[0].int64("n") ?? 0) - alreadyCommitted
+            if committed > (committedAt.last?.count ?? 0) { committedAt.append((committed, .now)) }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        await db.close()
+        try await producing.value
+        let acks = acknowledged.entries.withLock { $0 }.sorted { $0.count < $1.count }
+        var lags: [Double] = []
+        var commitIndex = 0
+        var previous = 0
+        for ack in acks {
+            while committedAt[commitIndex].count < ack.count { commitIndex += 1 }
+            let lag = Self.seconds(ack.at, committedAt[commitIndex].at)
+            lags += Array(repeating: max(0, lag), count: ack.count - previous)
+            previous = ack.count
+        }
+        return lags
+    }
+
+    private func withProcessor<T: Sendable>(
+        cluster: MockCluster, server: LocalPostgresServer, directory: String, _ body: (Int32) async throws -> T
+    ) async throws -> T {
+        let tally = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("tally").path
+        let outcome = try await Subprocess.run(
+            .path(FilePath(tally)),
+            arguments: [
+                "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants",
+                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--log-level", "warning",
+            ],
+            input: .none, output: .discarded, error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
+        ) { execution in
+            let value = try await body(execution.processIdentifier.value)
+            try execution.send(signal: .terminate)
+            return value
+        }
+        return outcome.closureResult
+    }
+
+    private func waitForCommitted(_ count: Int, server: LocalPostgresServer, progress: (Int) -> Void) async throws {
+        let db = try await PostgresConnection.connect(server.connectionString)
+        var reported = 0
+        while true {
+            // Until the processor prepared the Sink, there is no offsets table: nothing committed.
+            let rows = try? await db.query("SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM tally.offsets")
+            let committed = Int(try rows?.first?.int64("n") ?? 0)
+            if committed - reported >= count / 10 || committed >= count {
+                reported = committed
+                progress(committed)
+            }
+            if committed >= count { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        await db.close()
+    }
+
+    /// VmHWM of a process, in KiB.
+    private static func peakRSS(of pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
+    private static func seconds(since start: ContinuousClock.Instant) -> Double {
+        seconds(start, .now)
+    }
+
+    private static func seconds(_ from: ContinuousClock.Instant, _ to: ContinuousClock.Instant) -> Double {
+        let elapsed = from.duration(to: to)
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+}
+
+/// When each step of the lag run was acknowledged: (events sent so far, instant).
+final class AcknowledgementLog: Sendable {
+    let entries = Mutex<[(count: Int, at: ContinuousClock.Instant)]>([])
+}
