@@ -117,6 +117,12 @@ let package = Package(
             ],
             path: "Benchmarks/SinkBenchmark"),
 
+        // The SDK's runnable example (README).
+        .executableTarget(
+            name: "EmitUsage",
+            dependencies: ["TallySDK", "Events", "Tenancy", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/EmitUsage"),
+
         // Ingest: the SDK against Python's confluent-kafka, and the gateway under wrk.
         .executableTarget(
             name: "IngestBenchmark",
@@ -131,7 +137,7 @@ let package = Package(
         .executableTarget(
             name: "ProcessorBenchmark",
             dependencies: [
-                "Events", "Tenancy", "Kafka", "Postgres", "LocalPostgres",
+                "Events", "Tenancy", "Kafka", "Postgres", "LocalPostgres", "Sink",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
@@ -144,8 +150,9 @@ let package = Package(
         .testTarget(
             name: "IngestTests",
             dependencies: [
-                "Events", "TallySDK", "IngestGateway", "Tenancy", "Declarations", "Kafka", "TestSupport", "TallyCommand",
+                "Events", "TallySDK", "IngestGateway", "Tenancy", "Declarations", "Kafka", "TestSupport", "TallyCommand", "EmitUsage",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(

@@ -4,6 +4,7 @@ import Foundation
 import Kafka
 import LocalPostgres
 import Postgres
+import Sink
 import Subprocess
 import Synchronization
 import Tenancy
@@ -29,6 +30,9 @@ struct ProcessorBenchmark: AsyncParsableCommand {
 
     @Option(help: "Subjects.")
     var subjects = 100_000
+
+    @Option(help: "The processor's --max-batch.")
+    var maxBatch = 5_000
 
     @Option(help: "Events per second in the lag run; 0 skips it.")
     var lagRate = 10_000
@@ -68,6 +72,15 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             """
         }.joined()).write(toFile: directory + "/meters.yaml", atomically: true, encoding: .utf8)
 
+        print("creating \(tenants) tenant schemas through the Sink (not timed) …")
+        let sink = SinkStore(conninfo: server.connectionString)
+        try await sink.prepare()
+        for (index, tenant) in tenantIDs.enumerated() {
+            try await sink.ensureTenant(tenant)
+            if (index + 1) % 250 == 0 { print("created \(index + 1)/\(tenants)") }
+        }
+        await sink.close()
+
         print("pre-filling events with \(events) events over \(tenants) tenants and \(subjects) subjects …")
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
         let time = EventTime.now()
@@ -81,21 +94,22 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         }
 
         print("running tally process usage over the pre-filled topic …")
-        let (seconds, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
+        let (seconds, lags, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
             let start = ContinuousClock.now
             try await waitForCommitted(events, server: server) { committed in print("committed \(committed)/\(events)") }
-            return (Self.seconds(since: start), Self.peakRSS(of: pid))
+            let seconds = Self.seconds(since: start)
+            var lags: [Double] = []
+            if lagRate > 0 {
+                print("lag run: \(lagRate) events/s for \(lagSeconds) s …")
+                lags = try await lagRun(producer: producer, tenants: tenantIDs, server: server, alreadyCommitted: events)
+            }
+            return (seconds, lags, Self.peakRSS(of: pid))
         }
+        await producer.close()
         print("\n| run | events | seconds | events/s | processor peak RSS |")
         print("|---|---:|---:|---:|---:|")
         print("| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(peakRSS / 1024) MiB |")
-
-        guard lagRate > 0 else { return }
-        print("\nlag run: \(lagRate) events/s for \(lagSeconds) s …")
-        let lags = try await withProcessor(cluster: cluster, server: server, directory: directory) { _ in
-            try await lagRun(producer: producer, tenants: tenantIDs, server: server, alreadyCommitted: events)
-        }
-        await producer.close()
+        guard !lags.isEmpty else { return }
         let sorted = lags.sorted()
         func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
         print("\n| produce rate | events | lag p50 | lag p99 | lag max |")
@@ -165,7 +179,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             .path(FilePath(tally)),
             arguments: [
                 "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants",
-                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--log-level", "warning",
+                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--log-level", "warning",
             ],
             input: .none, output: .discarded, error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
         ) { execution in

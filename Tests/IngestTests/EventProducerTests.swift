@@ -1,6 +1,7 @@
 import Events
 import Foundation
 import Kafka
+import Subprocess
 import TallySDK
 import Tenancy
 import Testing
@@ -66,5 +67,25 @@ import TestSupport
         let outcomes = await producer.send(try (0..<11).map { try event("e\($0)") })
         await producer.close(flushTimeout: .zero)
         guard case .failure(.queueFull) = outcomes[10] else { Issue.record("the 11th event was not refused: \(outcomes[10])"); return }
+    }
+}
+
+/// The README's runnable SDK example, run as a process against `tally broker`.
+@Suite struct SDKExampleTests {
+    @Test func theExampleSendsAnEventAndPrintsWhereItIsStored() async throws {
+        let topics = try temporaryFile(named: "topics.yaml", contents: "topics:\n  - name: events\n    partitions: 2\n    replication_factor: 1\n")
+        try await TallyProcess.withBroker(topicsFile: topics, brokers: 1) { bootstrap in
+            let example = TallyProcess.executable.removingLastComponent().appending("EmitUsage")
+            let result = try await Subprocess.run(
+                .path(example), arguments: ["--bootstrap", bootstrap, "--tenant", "acme", "--subject", "customer_42", "--tokens", "1200"],
+                output: .string(limit: 1 << 16), error: .discarded)
+            #expect(result.terminationStatus.isSuccess)
+            #expect(result.standardOutput.contains("at partition"), "\(result.standardOutput)")
+            let records = try await readWholeTopic("events", bootstrap: bootstrap)
+            #expect(records.count == 1)
+            let event = try EventDecoder(limits: .withoutTimeBounds).decodeEvent(records[0].value ?? [])
+            let acme = try TenantID("acme")
+            #expect(event.subject == "customer_42" && event.data["tokens"] == .integer(1200) && event.tenant == acme)
+        }
     }
 }
