@@ -104,6 +104,14 @@ enum SinkSchema {
             ) PARTITION BY LIST (tenant);
             """
         ),
+        (
+            3,
+            """
+            -- Every event read for the tenant, whatever became of it.
+            ALTER TABLE tally.event_stats
+                ADD COLUMN received bigint GENERATED ALWAYS AS (counted + deduplicated + late + rejected) STORED;
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a

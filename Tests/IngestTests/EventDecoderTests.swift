@@ -1,6 +1,7 @@
 import Events
 import Foundation
 import Tenancy
+import TestSupport
 import Testing
 
 /// A valid event as services send it, with one attribute replaced or removed.
@@ -148,19 +149,8 @@ func eventJSON(replacing attributes: [String: String?] = [:], time: String = Eve
 /// Thousands of random and mutated bodies: the decoder never crashes, and whatever it accepts
 /// survives a round trip through the record encoding unchanged.
 @Suite struct EventDecoderFuzzTests {
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test func randomAndMutatedBodiesNeverCrashTheDecoder() throws {
-        var random = SeededGenerator(state: 20_261_128)
+        var random = SeededRandom(state: 20_261_128)
         let decoder = EventDecoder(limits: .withoutTimeBounds)
         let seed = Array("[\(eventJSON()), \(eventJSON(replacing: ["data": "{\"n\": -1.5e3, \"s\": \"\\u00e9\\n\", \"l\": [true, null, {}]}"]))]".utf8)
         let interesting = Array("{}[]\",:\\u0123456789.eE+-truefalsenull \u{0}\u{1f}".utf8) + [0x80, 0xBF, 0xC3, 0xE2, 0xF0, 0xFF, 0xED, 0xA0]

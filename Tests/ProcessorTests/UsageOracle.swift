@@ -2,6 +2,7 @@ import Events
 import Foundation
 import Kafka
 import Tenancy
+import TestSupport
 
 /// A random event stream with the expected results computed independently of the processor:
 /// many tenants in several time zones, subjects, meters, duplicates, out-of-order and late
@@ -182,17 +183,5 @@ struct UsageOracle {
                 }
             }
         }
-    }
-}
-
-/// SplitMix64: the same stream for the same seed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
