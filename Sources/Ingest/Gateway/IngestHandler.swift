@@ -65,11 +65,9 @@ struct IngestHandler: Sendable {
         let decoder = EventDecoder(limits: configuration.limits)
         do {
             events =
-                try mediaType == Self.batchMediaType
-                ? body.readableBytesView.withContiguousStorageIfAvailable { bytes throws(EventDecodingError) in
-                    try decoder.decodeBatch(bytes, maximumCount: configuration.maximumBatchEvents)
-                }!
-                : [body.readableBytesView.withContiguousStorageIfAvailable { bytes throws(EventDecodingError) in try decoder.decodeEvent(bytes) }!]
+                mediaType == Self.batchMediaType
+                ? try decoder.decodeBatch(body.readableBytesView, maximumCount: configuration.maximumBatchEvents)
+                : [try decoder.decodeEvent(body.readableBytesView)]
         } catch {
             return refusal(for: error, tenant: tenant)
         }

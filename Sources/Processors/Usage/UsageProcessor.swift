@@ -135,11 +135,15 @@ public final class UsageProcessor: Sendable {
                 continue
             }
             guard keyTenant == event.tenant else {
+                // Recorded for the tenant whose key the record carries, never in the schema of
+                // the tenant it claims to be.
                 let reason = "the record key names tenant \(keyTenant?.rawValue ?? "(none)") but the event names \(event.tenant)"
                 batch.deadLetters.append(deadLetter(record, errorClass: "invalid", message: reason))
-                batch.sink.rejections.append(
-                    RejectedInput(tenant: event.tenant, kind: .invalid, source: event.source, eventID: event.id, time: event.time.date,
-                        partition: partition, offset: record.offset, reason: reason))
+                if let keyTenant {
+                    batch.sink.rejections.append(
+                        RejectedInput(tenant: keyTenant, kind: .invalid, source: event.source, eventID: event.id, time: event.time.date,
+                            partition: partition, offset: record.offset, reason: reason))
+                }
                 continue
             }
             guard event.time >= lateBefore else {
