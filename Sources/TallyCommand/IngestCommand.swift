@@ -62,7 +62,6 @@ struct IngestCommand: AsyncParsableCommand {
         configuration.maximumBodyBytes = maxBodyBytes
         configuration.maximumBatchEvents = maxBatchEvents
         configuration.limits.maximumAge = .seconds(maxEventAgeDays * 86_400)
-        configuration.topic = topic
         var producerConfiguration = EventProducerConfiguration(bootstrapServers: bootstrap)
         producerConfiguration.topic = topic
         producerConfiguration.limits = configuration.limits

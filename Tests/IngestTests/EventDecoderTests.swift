@@ -139,6 +139,14 @@ func eventJSON(replacing attributes: [String: String?] = [:], time: String = Eve
         #expect(EventTime(rfc3339: time.description) == time)
     }
 
+    @Test func timesRFC3339CannotWriteAreRefusedEvenWithoutTimeBounds() throws {
+        var event = try decoder.decodeEvent(Array(eventJSON().utf8))
+        event.time = EventTime(microsecondsSinceEpoch: 253_402_300_800_000_000)  // year 10000
+        #expect(event.problems(limits: .withoutTimeBounds, now: .now()) == [EventProblem(field: "time", reason: "must lie in the years 0001 to 9999")])
+        event.time = EventTime(rfc3339: "9999-12-31T23:59:59.999999Z")!
+        #expect(event.problems(limits: .withoutTimeBounds, now: .now()).isEmpty)
+    }
+
     @Test(arguments: ["2023-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-11-28T24:00:00Z", "2026-11-28T20:15:00", "2026-11-28T20:15:00.Z",
         "2026-11-28T20:15:00+1:00", "26-11-28T20:15:00Z"])
     func impossibleOrIncompleteTimesAreRefused(text: String) {

@@ -10,15 +10,6 @@ public enum JSONValue: Sendable, Equatable {
     case array([JSONValue])
     case object(JSONObject)
 
-    /// The value as a Double, for numbers.
-    public var number: Double? {
-        switch self {
-        case .integer(let value): Double(value)
-        case .double(let value): value
-        default: nil
-        }
-    }
-
     public var string: String? {
         if case .string(let value) = self { value } else { nil }
     }

@@ -113,6 +113,9 @@ extension UsageEvent {
         checkText(type, "type", maximum: limits.maximumTypeLength)
         checkText(subject, "subject", maximum: limits.maximumSubjectLength)
         if let dataSchema { checkText(dataSchema, "dataschema", maximum: limits.maximumSourceLength) }
+        if !(Self.earliestTime...Self.latestTime).contains(time) {
+            problems.append(EventProblem(field: "time", reason: "must lie in the years 0001 to 9999"))
+        }
         if let maximumAge = limits.maximumAge, time < now.advanced(by: .zero - maximumAge) {
             problems.append(EventProblem(field: "time", reason: "\(time) is more than \(Self.describe(maximumAge)) in the past"))
         }
@@ -134,6 +137,10 @@ extension UsageEvent {
         }
         return problems
     }
+
+    /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z: what RFC 3339 can write.
+    static let earliestTime = EventTime(microsecondsSinceEpoch: -62_135_596_800_000_000)
+    static let latestTime = EventTime(microsecondsSinceEpoch: 253_402_300_799_999_999)
 
     static func isExtensionName(_ name: String) -> Bool {
         (1...20).contains(name.utf8.count)

@@ -12,8 +12,6 @@ public struct GatewayConfiguration: Sendable {
     public var maximumBatchEvents = 1000
     /// What each event must satisfy.
     public var limits = EventLimits()
-    /// The topic events go to.
-    public var topic = "events"
 
     public init() {}
 }
