@@ -53,8 +53,9 @@ struct ProducerBenchmark: AsyncParsableCommand {
         var swiftRates: [Double] = []
         var cRates: [Double] = []
         var kcatRates: [Double] = []
-        let input = try kcatInput()
-        defer { try? FileManager.default.removeItem(atPath: input) }
+        let kcatAvailable = FileManager.default.isExecutableFile(atPath: kcat)
+        let input = kcatAvailable ? try kcatInput() : ""
+        defer { if kcatAvailable { try? FileManager.default.removeItem(atPath: input) } }
         for run in 1...runs {
             let swiftTopic = try freshTopic()
             swiftRates.append(try await measure("swift  run \(run)", topic: swiftTopic, admin: admin) { try await produceWithSwift(bootstrap: bootstrap, topic: swiftTopic) })
@@ -65,7 +66,7 @@ struct ProducerBenchmark: AsyncParsableCommand {
                     let delivered = await cLoopThread.run { tally_c_produce_loop(bootstrap, cTopic, messages, valueSize, Int32(keys)) }
                     guard delivered == messages else { throw ValidationError("C loop delivered \(delivered) of \(messages)") }
                 })
-            if FileManager.default.isExecutableFile(atPath: kcat) {
+            if kcatAvailable {
                 let kcatTopic = try freshTopic()
                 kcatRates.append(try await measure("kcat   run \(run)", topic: kcatTopic, admin: admin) { try await produceWithKcat(bootstrap: bootstrap, topic: kcatTopic, input: input) })
             }
@@ -102,7 +103,7 @@ struct ProducerBenchmark: AsyncParsableCommand {
 
     /// Several `send` calls in flight at once, each awaiting its delivery reports.
     private func produceWithSwift(bootstrap: String, topic: String) async throws {
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrap))
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrap, topics: [topic]))
         let value = [UInt8](repeating: UInt8(ascii: "x"), count: valueSize)
         let keyBytes = (0..<keys).map { Array("tenant_\($0)".utf8) }
         let (messages, batchSize, keys, concurrentBatches) = (messages, batchSize, keys, concurrentBatches)
@@ -113,9 +114,11 @@ struct ProducerBenchmark: AsyncParsableCommand {
                 let range = started..<min(started + batchSize, messages)
                 started = range.upperBound
                 group.addTask {
-                    // Each record owns its value, as real events do; one shared buffer would make
-                    // every retain and release contend for one cache line across cores.
-                    let records = range.map { ProducerRecord(topic: topic, key: keyBytes[$0 % keys], value: value.withUnsafeBufferPointer(Array.init)) }
+                    // The records of one call share a value buffer of their own, as the C loop
+                    // reuses one buffer; one buffer shared by all calls would make every retain
+                    // and release contend for one cache line across cores.
+                    let batchValue = value.withUnsafeBufferPointer(Array.init)
+                    let records = range.map { ProducerRecord(topic: topic, key: keyBytes[$0 % keys], value: batchValue) }
                     return await producer.send(records).reduce(0) { count, result in
                         if case .failure = result { count + 1 } else { count }
                     }

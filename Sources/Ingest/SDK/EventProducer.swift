@@ -73,7 +73,8 @@ public final class EventProducer: Sendable {
         let properties = defaults.merging(configuration.kafkaProperties) { _, explicit in explicit }
         producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(
-                bootstrapServers: configuration.bootstrapServers, properties: properties, enqueueTimeout: configuration.enqueueTimeout),
+                bootstrapServers: configuration.bootstrapServers, properties: properties, enqueueTimeout: configuration.enqueueTimeout,
+                topics: [configuration.topic]),
             logger: logger)
         self.configuration = configuration
     }
