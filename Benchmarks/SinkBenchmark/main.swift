@@ -27,6 +27,9 @@ struct SinkBenchmark: AsyncParsableCommand {
     @Option(help: "Rows per committed batch.")
     var batchSize = 100_000
 
+    @Option(help: "Write methods to measure, comma-separated: logged, staged, pipelined.")
+    var methods = "logged,staged,pipelined"
+
     func run() async throws {
         print("starting a throwaway Postgres (fsync off for both contenders)")
         let server = try await LocalPostgresServer.start(durable: false)
@@ -56,11 +59,14 @@ struct SinkBenchmark: AsyncParsableCommand {
         }
 
         var results: [(writer: String, seconds: Double)] = []
+        let chosen = Set(methods.split(separator: ",").map(String.init))
         for (method, name) in [
-            (SinkWriteMethod.stagedUpsert, "SinkStore.commit, staged: COPY to a temp table + one INSERT … ON CONFLICT"),
+            (SinkWriteMethod.loggedDeltas, "SinkStore.commit, logged (the default): COPY into the unindexed usage log"),
+            (.stagedUpsert, "SinkStore.commit, staged: COPY to a temp table + one INSERT … ON CONFLICT"),
             (.pipelinedUpserts, "SinkStore.commit, pipelined: one prepared INSERT … ON CONFLICT per row, libpq pipeline mode"),
-        ] {
+        ] where chosen.contains(Self.shortName(of: method)) {
             let sink = SinkStore(conninfo: server.connectionString, writeMethod: method)
+            let cpuBefore = processCPUSeconds()
             let started = ContinuousClock.now
             var committed = 0
             while committed < rows {
@@ -69,10 +75,23 @@ struct SinkBenchmark: AsyncParsableCommand {
                 committed = end
                 print("\(method): committed \(committed)/\(rows) rows")
             }
-            results.append(("\(name), \(batchSize)-row batches", seconds(since: started)))
+            let commitSeconds = seconds(since: started)
+            print("\(method): \(String(format: "%.2f", commitSeconds)) s, of which this process's CPU \(String(format: "%.2f", processCPUSeconds() - cpuBefore)) s")
+            results.append(("\(name), \(batchSize)-row batches", commitSeconds))
+            if method == .loggedDeltas {
+                // The background half of the logged method: merging the log into the keyed
+                // tables, off the commit path (processors do it every second).
+                print("folding the usage log …")
+                let foldStarted = ContinuousClock.now
+                let folded = try await sink.foldUsageLog()
+                guard folded == rows else { throw ValidationError("folded \(folded) of \(rows) log rows") }
+                let foldSeconds = seconds(since: foldStarted)
+                results.append(("SinkStore.foldUsageLog: the logged rows merged into the keyed usage tables, one statement", foldSeconds))
+                results.append(("logged commits + fold, end to end", commitSeconds + foldSeconds))
+            }
             await sink.close()
             let db = try await PostgresConnection.connect(server.connectionString)
-            try await db.execute("TRUNCATE tally.usage; CHECKPOINT")
+            try await db.execute("TRUNCATE tally.usage, tally.usage_log; CHECKPOINT")
             await db.close()
         }
 
@@ -98,7 +117,8 @@ struct SinkBenchmark: AsyncParsableCommand {
             CHECKPOINT;
             """)
         await db.close()
-        for (table, name) in [("raw_usage", "psql \\copy into one table without indexes"), ("raw_usage_keyed", "psql \\copy into one table with the Sink's primary key")] {
+        let baselineName = "psql \\copy into one table without indexes"
+        for (table, name) in [("raw_usage", baselineName), ("raw_usage_keyed", "psql \\copy into one table with the Sink's primary key")] {
             print("psql: \\copy into \(table) …")
             let started = ContinuousClock.now
             let result = try await Subprocess.run(
@@ -109,7 +129,7 @@ struct SinkBenchmark: AsyncParsableCommand {
             guard result.terminationStatus.isSuccess else { throw ValidationError("psql failed: \(result.standardError)") }
         }
 
-        let baseline = Double(rows) / results[2].seconds
+        let baseline = Double(rows) / results.first { $0.writer == baselineName }!.seconds
         print("\n| writer | rows | seconds | rows/s | ÷ raw COPY (no indexes) |")
         print("|---|---:|---:|---:|---:|")
         for (writer, seconds) in results {
@@ -118,8 +138,24 @@ struct SinkBenchmark: AsyncParsableCommand {
         }
     }
 
+    private static func shortName(of method: SinkWriteMethod) -> String {
+        switch method {
+        case .loggedDeltas: "logged"
+        case .stagedUpsert: "staged"
+        case .pipelinedUpserts: "pipelined"
+        }
+    }
+
     private func seconds(since start: ContinuousClock.Instant) -> Double {
         let elapsed = start.duration(to: .now)
         return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
 }
+
+/// User plus system CPU time of this process (the Postgres server's is not in it).
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+

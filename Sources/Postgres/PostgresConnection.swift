@@ -101,6 +101,18 @@ public actor PostgresConnection {
     /// schema-qualified and quoted as needed), never outside input; column names are quoted here.
     @discardableResult
     public func copy(into table: String, columns: [String], rows: some Sequence<[String?]>) throws(PostgresError) -> Int {
+        try copy(into: table, columns: columns, rows: rows) { row, writer in
+            for value in row { writer.append(value) }
+        }
+    }
+
+    /// Streams rows into `COPY table (columns) FROM STDIN` as `write` formats them, one field
+    /// per column, and returns the number of rows the server stored. Data goes out in 64 KiB
+    /// pieces, so the server parses while the next rows are formatted.
+    @discardableResult
+    public func copy<Rows: Sequence>(
+        into table: String, columns: [String], rows: Rows, write: (Rows.Element, inout CopyRowWriter) -> Void
+    ) throws(PostgresError) -> Int {
         try checkOpen()
         let columnList = columns.map(quoteIdentifier).joined(separator: ", ")
         let statement = "COPY \(table) (\(columnList)) FROM STDIN"
@@ -110,20 +122,20 @@ public actor PostgresConnection {
             throw PostgresError(kind: .server, message: "COPY did not start")
         }
         PQclear(start)
-        var buffer: [UInt8] = []
-        buffer.reserveCapacity(1 << 20)
+        let piece = 1 << 16
+        var writer = CopyRowWriter(capacity: piece + (1 << 12))
         for row in rows {
-            guard row.count == columns.count else {
-                PQputCopyEnd(connection.pointer, "row has \(row.count) values for \(columns.count) columns")
+            write(row, &writer)
+            guard writer.fieldsInRow == columns.count else {
+                let count = writer.fieldsInRow
+                PQputCopyEnd(connection.pointer, "row has \(count) values for \(columns.count) columns")
                 drainResults()
-                throw PostgresError(kind: .invalidData, message: "COPY row has \(row.count) values, expected \(columns.count)")
+                throw PostgresError(kind: .invalidData, message: "COPY row has \(count) values, expected \(columns.count)")
             }
-            appendCopyRow(row, to: &buffer)
-            if buffer.count >= 1 << 20 {
-                try sendCopyData(&buffer)
-            }
+            writer.endRow()
+            if writer.count >= piece { try writer.drain(sendCopyData) }
         }
-        try sendCopyData(&buffer)
+        try writer.drain(sendCopyData)
         guard PQputCopyEnd(connection.pointer, nil) == 1 else { throw connectionError() }
         var stored = 0
         while let result = PQgetResult(connection.pointer) {
@@ -202,13 +214,9 @@ public actor PostgresConnection {
         PQfinish(connection.pointer)
     }
 
-    private func sendCopyData(_ buffer: inout [UInt8]) throws(PostgresError) {
-        guard !buffer.isEmpty else { return }
-        let status = buffer.withUnsafeBufferPointer { bytes in
-            bytes.withMemoryRebound(to: CChar.self) { PQputCopyData(connection.pointer, $0.baseAddress, Int32($0.count)) }
-        }
+    private func sendCopyData(_ bytes: UnsafeRawBufferPointer) throws(PostgresError) {
+        let status = PQputCopyData(connection.pointer, bytes.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
         guard status == 1 else { throw connectionError() }
-        buffer.removeAll(keepingCapacity: true)
     }
 
     private func drainResults() {
@@ -276,26 +284,6 @@ public func quoteIdentifier(_ identifier: String) -> String {
 }
 
 /// Appends one row in COPY text format: tab-separated, `\N` for NULL, escapes for specials.
-func appendCopyRow(_ row: [String?], to buffer: inout [UInt8]) {
-    for (index, value) in row.enumerated() {
-        if index > 0 { buffer.append(UInt8(ascii: "\t")) }
-        guard let value else {
-            buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "N")])
-            continue
-        }
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\\"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-            case UInt8(ascii: "\n"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case UInt8(ascii: "\r"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case UInt8(ascii: "\t"): buffer.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
-            default: buffer.append(byte)
-            }
-        }
-    }
-    buffer.append(UInt8(ascii: "\n"))
-}
-
 private func errorMessage(_ connection: OpaquePointer) -> String {
     String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines
 }

@@ -2,8 +2,12 @@ import Foundation
 import Postgres
 import Tenancy
 
-/// How `commit` writes usage rows; both give the same result (BENCHMARKS.md compares them).
+/// How `commit` writes usage rows; all give the same result as readers see it (BENCHMARKS.md
+/// compares them).
 public enum SinkWriteMethod: Sendable {
+    /// `COPY` into the unindexed usage log, which `SinkStore.foldUsageLog` later merges into
+    /// the keyed usage tables; readers see both merged.
+    case loggedDeltas
     /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`.
     case stagedUpsert
     /// One prepared `INSERT … ON CONFLICT` per row, sent in libpq pipeline mode.
@@ -32,6 +36,7 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
         }
     }
     var deltas: [UsageKey: UsageRow] = [:]
+    deltas.reserveCapacity(usage.count)
     for row in usage {
         let key = UsageKey(row)
         if let earlier = deltas[key] { deltas[key] = earlier.merged(with: row) } else { deltas[key] = row }
@@ -39,6 +44,7 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
     if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, db) }
     if !deltas.isEmpty {
         switch writeMethod {
+        case .loggedDeltas: try appendUsageToLog(deltas.values, db)
         case .stagedUpsert: try upsertUsageStaged(Array(deltas.values), db)
         case .pipelinedUpserts: try upsertUsagePipelined(Array(deltas.values), db)
         }
@@ -67,9 +73,12 @@ private func recordEventIdentities(_ events: [CountedEvent], _ db: isolated Post
         CREATE TEMP TABLE IF NOT EXISTS sink_events (tenant text, source text, event_id text, event_time_us bigint)
         ON COMMIT DELETE ROWS
         """)
-    try db.copy(
-        into: "sink_events", columns: ["tenant", "source", "event_id", "event_time_us"],
-        rows: candidates.lazy.map { [$0.tenant.rawValue, $0.source, $0.id, microseconds($0.time)] })
+    try db.copy(into: "sink_events", columns: ["tenant", "source", "event_id", "event_time_us"], rows: candidates) { event, fields in
+        fields.append(event.tenant.rawValue)
+        fields.append(event.source)
+        fields.append(event.id)
+        fields.append(microseconds(event.time))
+    }
     let inserted = try db.query(
         """
         INSERT INTO tally.seen_events (tenant, source, event_id, event_time)
@@ -100,7 +109,7 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
     try db.copy(
         into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"],
         rows: uniqueCounts.lazy.flatMap { key, row in
-            row.distinctValues.map { [key.tenant.rawValue, key.meter, key.subject, key.windowSize, microseconds(key.windowStart), key.groupKey, $0] }
+            row.distinctValues.map { [key.tenant.rawValue, key.meter, key.subject, key.windowSize, String(microseconds(key.windowStart)), key.groupKey, $0] }
         })
     let inserted = try db.query(
         """
@@ -138,6 +147,71 @@ private let usageMerge = """
         updated_at = now()
     """
 
+/// Appends the deltas to the usage log, numbered by one commit sequence value.
+private func appendUsageToLog(_ rows: some Collection<UsageRow>, _ db: isolated PostgresConnection) throws {
+    let commit = try db.query("SELECT nextval('tally.usage_log_commits') AS n")[0].int64("n")!
+    try db.copy(
+        into: "tally.usage_log",
+        columns: [
+            "commit_seq", "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total",
+            "event_count", "first_event_us", "last_event_us",
+        ],
+        rows: rows
+    ) { row, fields in
+        fields.append(commit)
+        appendUsageFields(of: row, to: &fields)
+    }
+}
+
+/// The columns of `usageColumns`, times as microseconds since the epoch.
+private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter) {
+    fields.append(row.tenant.rawValue)
+    fields.append(row.meter)
+    fields.append(row.subject)
+    fields.append(row.windowSize.rawValue)
+    fields.append(microseconds(row.windowStart))
+    fields.append(row.groupKey)
+    fields.append(row.aggregation.rawValue)
+    fields.append(row.value)
+    fields.append(row.total)
+    fields.append(row.eventCount)
+    fields.append(microseconds(row.firstEventAt))
+    fields.append(microseconds(row.lastEventAt))
+}
+
+/// Moves every delta in the usage log into the keyed usage tables: merged per window first,
+/// then upserted with the same merge as a commit's, in one statement. Returns the number of
+/// log rows moved.
+func foldUsageLog(_ db: isolated PostgresConnection) throws -> Int64 {
+    try db.query(
+        """
+        WITH moved AS (
+            DELETE FROM tally.usage_log RETURNING *
+        ), merged AS (
+            SELECT tenant, meter, subject, window_size, window_start_us, group_key, min(aggregation) AS aggregation,
+                   CASE min(aggregation)
+                       WHEN 'min' THEN min(value)
+                       WHEN 'max' THEN max(value)
+                       WHEN 'avg' THEN sum(total) / sum(event_count)
+                       WHEN 'latest' THEN (array_agg(value ORDER BY last_event_us DESC, commit_seq DESC) FILTER (WHERE aggregation = 'latest'))[1]
+                       ELSE sum(value)
+                   END AS value,
+                   sum(total) AS total, sum(event_count) AS event_count, min(first_event_us) AS first_event_us,
+                   max(last_event_us) AS last_event_us
+            FROM moved
+            GROUP BY tenant, meter, subject, window_size, window_start_us, group_key
+        ), folded AS (
+            INSERT INTO tally.usage AS u (\(usageColumns))
+            SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
+                   aggregation, value, total, event_count, 'epoch'::timestamptz + first_event_us * interval '1 microsecond',
+                   'epoch'::timestamptz + last_event_us * interval '1 microsecond'
+            FROM merged
+            \(usageMerge)
+        )
+        SELECT count(*) AS n FROM moved
+        """)[0].int64("n") ?? 0
+}
+
 /// Stages the deltas with COPY, then upserts them all in one statement; Postgres routes each
 /// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
 /// and cheap to format; an average's value is its total over its count, divided by Postgres.
@@ -155,13 +229,10 @@ private func upsertUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnec
             "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total", "event_count",
             "first_event_us", "last_event_us",
         ],
-        rows: rows.lazy.map { row in
-            [
-                row.tenant.rawValue, row.meter, row.subject, row.windowSize.rawValue, microseconds(row.windowStart), row.groupKey,
-                row.aggregation.rawValue, "\(row.value)", "\(row.total)", String(row.eventCount), microseconds(row.firstEventAt),
-                microseconds(row.lastEventAt),
-            ]
-        })
+        rows: rows
+    ) { row, fields in
+        appendUsageFields(of: row, to: &fields)
+    }
     try db.execute(
         """
         INSERT INTO tally.usage AS u (\(usageColumns))
@@ -285,6 +356,7 @@ enum EventTimeText {
     }
 }
 
-func microseconds(_ date: Date) -> String {
-    String(Int64((date.timeIntervalSince1970 * 1_000_000).rounded()))
+/// Microseconds since the epoch, the Sink's exact form of times in COPY data.
+func microseconds(_ date: Date) -> Int64 {
+    Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
 }

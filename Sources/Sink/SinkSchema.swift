@@ -112,6 +112,60 @@ enum SinkSchema {
                 ADD COLUMN received bigint GENERATED ALWAYS AS (counted + deduplicated + late + rejected) STORED;
             """
         ),
+        (
+            4,
+            """
+            -- Usage deltas committed but not yet folded into tally.usage. Appended without a key,
+            -- so a commit costs about a COPY; `SinkStore.foldUsageLog` moves them into tally.usage.
+            -- Times are microseconds since the epoch; `commit_seq` orders deltas of one window.
+            CREATE SEQUENCE tally.usage_log_commits;
+            CREATE TABLE tally.usage_log (
+                commit_seq      bigint NOT NULL,
+                tenant          text NOT NULL,
+                meter           text NOT NULL,
+                subject         text NOT NULL,
+                window_size     text NOT NULL CHECK (window_size IN ('minute', 'hour', 'day', 'month')),
+                window_start_us bigint NOT NULL,
+                group_key       text NOT NULL,
+                aggregation     text NOT NULL
+                    CHECK (aggregation IN ('count', 'sum', 'min', 'max', 'avg', 'unique_count', 'latest')),
+                value           numeric NOT NULL,
+                total           numeric NOT NULL,
+                event_count     bigint NOT NULL CHECK (event_count >= 0),
+                first_event_us  bigint NOT NULL,
+                last_event_us   bigint NOT NULL,
+                committed_at    timestamptz NOT NULL DEFAULT now(),
+                -- What would fail the fold is refused at commit instead.
+                CHECK (aggregation <> 'avg' OR event_count > 0)
+            );
+            -- Every window as readers see it: the folded row merged with the deltas still in the
+            -- log, by the window's aggregation (the same merge folding applies), so a fold never
+            -- changes what a reader sees.
+            CREATE VIEW tally.usage_current AS
+            SELECT tenant, meter, subject, window_size, window_start, group_key,
+                   min(aggregation) AS aggregation,
+                   CASE min(aggregation)
+                       WHEN 'min' THEN min(value)
+                       WHEN 'max' THEN max(value)
+                       WHEN 'avg' THEN sum(total) / sum(event_count)
+                       WHEN 'latest' THEN (array_agg(value ORDER BY last_event_at DESC, commit_seq DESC) FILTER (WHERE aggregation = 'latest'))[1]
+                       ELSE sum(value)
+                   END AS value,
+                   sum(total) AS total, sum(event_count)::bigint AS event_count,
+                   min(first_event_at) AS first_event_at, max(last_event_at) AS last_event_at, max(updated_at) AS updated_at
+            FROM (
+                SELECT tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count,
+                       first_event_at, last_event_at, updated_at, 0::bigint AS commit_seq
+                FROM tally.usage
+                UNION ALL
+                SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
+                       aggregation, value, total, event_count, 'epoch'::timestamptz + first_event_us * interval '1 microsecond',
+                       'epoch'::timestamptz + last_event_us * interval '1 microsecond', committed_at, commit_seq
+                FROM tally.usage_log
+            ) AS deltas
+            GROUP BY tenant, meter, subject, window_size, window_start, group_key;
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a
@@ -125,6 +179,18 @@ enum SinkSchema {
             CREATE TABLE {schema}.usage_distinct PARTITION OF tally.usage_distinct FOR VALUES IN ({tenant});
             CREATE TABLE {schema}.event_stats PARTITION OF tally.event_stats FOR VALUES IN ({tenant});
             CREATE TABLE {schema}.rejections PARTITION OF tally.rejections FOR VALUES IN ({tenant});
+            """
+        ),
+        (
+            3,
+            """
+            -- The tenant's folded windows keep their table; `usage` becomes the view readers
+            -- query, which adds the deltas not folded yet.
+            ALTER TABLE {schema}.usage RENAME TO usage_folded;
+            CREATE VIEW {schema}.usage WITH (security_barrier) AS
+                SELECT tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count,
+                       first_event_at, last_event_at, updated_at
+                FROM tally.usage_current WHERE tenant = {tenant};
             """
         ),
     ]

@@ -19,10 +19,16 @@ public final class SinkStore: Sendable {
     /// `conninfo` is a libpq connection string or URL; connecting happens on first use. With a
     /// `lockTimeout`, a transaction that waits longer than that for a lock fails instead of
     /// queueing behind it (SQLSTATE 55P03), e.g. migrations on a busy database.
-    public init(conninfo: String, lockTimeout: Duration? = nil, writeMethod: SinkWriteMethod = .stagedUpsert) {
+    public init(conninfo: String, lockTimeout: Duration? = nil, writeMethod: SinkWriteMethod = .loggedDeltas) {
         self.conninfo = conninfo
         self.lockTimeout = lockTimeout
         self.writeMethod = writeMethod
+    }
+
+    /// A store with the same settings and a connection of its own, for work that should not
+    /// queue behind this store's commits, such as folding the usage log.
+    public func withOwnConnection() -> SinkStore {
+        SinkStore(conninfo: conninfo, lockTimeout: lockTimeout, writeMethod: writeMethod)
     }
 
     /// Creates or migrates the control schema. Safe to run from many processes at once.
@@ -181,6 +187,17 @@ public final class SinkStore: Sendable {
             // Its positions (offset and epoch) are stored with it, so they tell which.
             if try await isStored(batch) { return }
             throw error
+        }
+    }
+
+    /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`);
+    /// what readers see does not change. One fold runs at a time across all processes: a call
+    /// that finds another folding returns 0 at once. Returns the number of log rows folded.
+    @discardableResult
+    public func foldUsageLog() async throws(SinkError) -> Int64 {
+        try await run { db in
+            guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return 0 }
+            return try Sink.foldUsageLog(db)
         }
     }
 

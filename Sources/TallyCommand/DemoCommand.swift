@@ -137,7 +137,7 @@ struct DemoCommand: AsyncParsableCommand {
         let db = try await PostgresConnection.connect(postgres.connectionString)
         let stats = try await db.query(
             "SELECT count(DISTINCT tenant) AS tenants, sum(counted)::bigint AS counted, sum(deduplicated)::bigint AS repeats FROM tally.event_stats")[0]
-        let requests = try await db.query("SELECT sum(value)::bigint AS n FROM tally.usage WHERE meter = 'requests' AND window_size = 'day'")[0]
+        let requests = try await db.query("SELECT sum(value)::bigint AS n FROM tally.usage_current WHERE meter = 'requests' AND window_size = 'day'")[0]
         let sample = try await db.query(
             """
             SELECT subject, group_key, value::text AS tokens FROM tenant_tenant_0.usage

@@ -50,12 +50,17 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Most records per committed batch.")
         var maxBatch = 5_000
 
+        @Option(name: .customLong("fold-interval-ms"), help: "Milliseconds between folds of the usage log into the keyed usage tables.")
+        var foldIntervalMilliseconds = 1_000
+
         @Option(help: "Seconds without a heartbeat before the group gives a member's partitions to the others.")
         var sessionTimeout = 45
 
         func validate() throws {
             guard graceDays > 0, dedupeDays >= graceDays else { throw ValidationError("--grace-days must be positive and at most --dedupe-days") }
-            guard maxBatch > 0, sessionTimeout > 0 else { throw ValidationError("--max-batch and --session-timeout must be positive") }
+            guard maxBatch > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0 else {
+                throw ValidationError("--max-batch, --session-timeout and --fold-interval-ms must be positive")
+            }
         }
 
         func run() async throws {
@@ -66,6 +71,7 @@ struct ProcessCommand: AsyncParsableCommand {
             configuration.grace = .seconds(graceDays * 86_400)
             configuration.dedupeHorizon = .seconds(dedupeDays * 86_400)
             configuration.maximumBatch = maxBatch
+            configuration.foldInterval = .milliseconds(foldIntervalMilliseconds)
             configuration.consumerProperties = ["session.timeout.ms": String(sessionTimeout * 1000)]
             let lastLine = Mutex(ContinuousClock.now - .seconds(1))
             let processor = UsageProcessor(

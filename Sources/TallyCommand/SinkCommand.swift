@@ -6,7 +6,7 @@ import Tenancy
 struct SinkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sink", abstract: "Prepare, extend and migrate the Sink's Postgres schemas.",
-        subcommands: [Initialize.self, AddTenant.self, Migrate.self])
+        subcommands: [Initialize.self, AddTenant.self, Migrate.self, Fold.self])
 
     struct Connection: ParsableArguments {
         @Option(help: "libpq connection string or postgresql:// URL of the Sink database.")
@@ -74,6 +74,20 @@ struct SinkCommand: AsyncParsableCommand {
             await store.close()
             for (tenant, error) in failures.sorted(by: { $0.key < $1.key }) { emit("failed \(tenant): \(error)") }
             if !failures.isEmpty { throw ExitCode.failure }
+        }
+    }
+
+    struct Fold: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fold the usage log into the keyed usage tables now (usage processors do so every second).",
+            discussion: "What readers see does not change; a fold already running elsewhere makes this one fold nothing.")
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            let store = connection.makeStore()
+            let folded = try await store.foldUsageLog()
+            await store.close()
+            emit("folded \(folded) usage log rows")
         }
     }
 }

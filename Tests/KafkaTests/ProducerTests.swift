@@ -58,6 +58,12 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
 
         let failures = results.compactMap { if case .failure(let error) = $0 { error } else { nil } }
         #expect(failures.isEmpty, "\(failures.prefix(3))")
+        // The log itself holds each record once (a reader could repeat records, the log not).
+        let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: cluster.bootstrapServers))
+        var stored: Int64 = 0
+        for partition in Int32(0)..<3 { stored += try await admin.watermarks(of: TopicPartition(topic: "faults", partition: partition)).high }
+        await admin.close()
+        #expect(stored == Int64(4 * perBatch), "records in the log")
         let records = try await readAll("faults", bootstrap: cluster.bootstrapServers, expecting: 4 * perBatch)
         let values = records.map { Int(String(decoding: $0.value!, as: UTF8.self))! }
         #expect(values.count == 4 * perBatch, "duplicates or losses: \(values.count) records")

@@ -87,6 +87,39 @@ import TestSupport
         }
     }
 
+    @Test func copyWritesIntegersAndDecimalsExactly() async throws {
+        var random = SeededRandom(state: 7)
+        var decimals: [Decimal] = ["0", "-0.5", "12.340", "1e-30", "-99999999999999999999", "123456789012345678901234567890.5"].map { Decimal(string: $0)! }
+        for _ in 0..<20_000 {
+            let mantissa = Decimal(UInt64.random(in: 0...999_999_999_999_999, using: &random))
+            let scaled = mantissa * pow(Decimal(10), Int.random(in: 0...8, using: &random)) / pow(Decimal(10), Int.random(in: 0...12, using: &random))
+            decimals.append(Bool.random(using: &random) ? -scaled : scaled)
+        }
+        let integers = [Int64.min, Int64.max, 0, -1, 10] + (0..<decimals.count - 5).map { _ in Int64.random(in: .min ... .max, using: &random) }
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE numbers (id bigint PRIMARY KEY, i bigint, d numeric)")
+            try await connection.copy(into: "numbers", columns: ["id", "i", "d"], rows: decimals.indices) { index, fields in
+                fields.append(Int64(index))
+                fields.append(integers[index])
+                fields.append(decimals[index])
+            }
+            let rows = try await connection.query("SELECT id, i, d::text AS d FROM numbers ORDER BY id")
+            #expect(rows.count == decimals.count)
+            var mismatches: [String] = []
+            for row in rows {
+                let index = Int(try row.int64("id")!)
+                let stored = Decimal(string: try row.string("d")!)
+                let storedInteger = try row.int64("i")
+                if stored != decimals[index] || storedInteger != integers[index] {
+                    mismatches.append("\(decimals[index]) stored as \(try row.string("d")!)")
+                }
+            }
+            #expect(mismatches.count == 0, "e.g. \(mismatches.prefix(5))")
+            await connection.close()
+        }
+    }
+
     @Test func aCopyRowWithTheWrongWidthIsRejectedAndLoadsNothing() async throws {
         try await withLocalPostgres { server in
             let connection = try await PostgresConnection.connect(server.connectionString)

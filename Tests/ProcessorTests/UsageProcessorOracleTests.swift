@@ -2,6 +2,7 @@ import Foundation
 import Kafka
 import LocalPostgres
 import Postgres
+import Sink
 import Subprocess
 import TestSupport
 import Testing
@@ -97,44 +98,16 @@ import Testing
         return epoch
     }
 
-    /// Every usage row, stat and dead letter equals the oracle's.
+    /// Every usage row, stat and dead letter equals the oracle's: the usage readers see, and
+    /// the keyed usage tables once the usage log is folded into them.
     func compare(_ world: World) async throws {
         let db = try await PostgresConnection.connect(world.server.connectionString)
-        let rows = try await db.query(
-            """
-            SELECT tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS start, group_key,
-                   value::text AS value, event_count, (extract(epoch FROM first_event_at) * 1000000)::bigint AS first,
-                   (extract(epoch FROM last_event_at) * 1000000)::bigint AS last
-            FROM tally.usage
-            """)
-        var actual: [UsageOracle.Key: UsageOracle.Window] = [:]
-        for row in rows {
-            let key = UsageOracle.Key(
-                tenant: try row.string("tenant")!, meter: try row.string("meter")!, subject: try row.string("subject")!, window: try row.string("window_size")!,
-                start: try row.int64("start")!, group: try row.string("group_key")!)
-            actual[key] = UsageOracle.Window(
-                value: Decimal(string: try row.string("value")!)!, total: 0, count: try row.int64("event_count")!, first: try row.int64("first")!,
-                last: try row.int64("last")!, distinct: [])
-        }
-        let expected = world.oracle.expected
-        #expect(expected.count > 1_000, "the oracle expects a real workload")
-        #expect(actual.count == expected.count, "rows: \(actual.count) stored, \(expected.count) expected")
-        var mismatches: [String] = []
-        for (key, want) in expected {
-            guard let got = actual[key] else { mismatches.append("missing \(key)"); continue }
-            let valueMatches: Bool
-            if world.oracle.aggregations[key.meter] == "avg" {
-                let mean = NSDecimalNumber(decimal: want.total).doubleValue / Double(want.count)
-                valueMatches = abs(NSDecimalNumber(decimal: got.value).doubleValue - mean) <= 1e-9 * max(1, abs(mean))
-            } else {
-                valueMatches = got.value == want.value
-            }
-            if !valueMatches || got.count != want.count || got.first != want.first || got.last != want.last {
-                mismatches.append("\(key): stored \(got.value) × \(got.count) [\(got.first), \(got.last)], expected \(want.value) × \(want.count) [\(want.first), \(want.last)]")
-            }
-        }
-        for key in actual.keys where expected[key] == nil { mismatches.append("unexpected \(key)") }
-        #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, e.g. \(mismatches.prefix(5))")
+        try await compareUsage(in: "tally.usage_current", world, db)
+        let sink = SinkStore(conninfo: world.server.connectionString)
+        try await sink.foldUsageLog()
+        await sink.close()
+        #expect(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") == 0)
+        try await compareUsage(in: "tally.usage", world, db)
 
         let stats = try await db.query(
             "SELECT tenant, sum(counted)::bigint AS c, sum(deduplicated)::bigint AS d, sum(late)::bigint AS l, sum(rejected)::bigint AS r FROM tally.event_stats GROUP BY tenant")
@@ -151,6 +124,45 @@ import Testing
         let positions = Set(deadLetters.map { "\($0.header("tally.original.partition") ?? "")/\($0.header("tally.original.offset") ?? "")" })
         #expect(positions.count == world.oracle.deadLetters)
         #expect(deadLetters.allSatisfy { ["late", "invalid"].contains($0.header("tally.error.class") ?? "") && $0.header("tally.original.offset") != nil })
+    }
+
+    /// The usage rows of `relation` equal the oracle's windows.
+    func compareUsage(in relation: String, _ world: World, _ db: PostgresConnection) async throws {
+        let rows = try await db.query(
+            """
+            SELECT tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS start, group_key,
+                   value::text AS value, event_count, (extract(epoch FROM first_event_at) * 1000000)::bigint AS first,
+                   (extract(epoch FROM last_event_at) * 1000000)::bigint AS last
+            FROM \(relation)
+            """)
+        var actual: [UsageOracle.Key: UsageOracle.Window] = [:]
+        for row in rows {
+            let key = UsageOracle.Key(
+                tenant: try row.string("tenant")!, meter: try row.string("meter")!, subject: try row.string("subject")!, window: try row.string("window_size")!,
+                start: try row.int64("start")!, group: try row.string("group_key")!)
+            actual[key] = UsageOracle.Window(
+                value: Decimal(string: try row.string("value")!)!, total: 0, count: try row.int64("event_count")!, first: try row.int64("first")!,
+                last: try row.int64("last")!, distinct: [])
+        }
+        let expected = world.oracle.expected
+        #expect(expected.count > 1_000, "the oracle expects a real workload")
+        #expect(actual.count == expected.count, "\(relation) rows: \(actual.count) stored, \(expected.count) expected")
+        var mismatches: [String] = []
+        for (key, want) in expected {
+            guard let got = actual[key] else { mismatches.append("missing \(key)"); continue }
+            let valueMatches: Bool
+            if world.oracle.aggregations[key.meter] == "avg" {
+                let mean = NSDecimalNumber(decimal: want.total).doubleValue / Double(want.count)
+                valueMatches = abs(NSDecimalNumber(decimal: got.value).doubleValue - mean) <= 1e-9 * max(1, abs(mean))
+            } else {
+                valueMatches = got.value == want.value
+            }
+            if !valueMatches || got.count != want.count || got.first != want.first || got.last != want.last {
+                mismatches.append("\(key): stored \(got.value) × \(got.count) [\(got.first), \(got.last)], expected \(want.value) × \(want.count) [\(want.first), \(want.last)]")
+            }
+        }
+        for key in actual.keys where expected[key] == nil { mismatches.append("unexpected \(key)") }
+        #expect(mismatches.isEmpty, "\(relation): \(mismatches.count) mismatches, e.g. \(mismatches.prefix(5))")
     }
 
     @Test func oneProcessorComputesExactlyWhatTheOracleExpects() async throws {

@@ -44,10 +44,34 @@ import TestSupport
             let progress = run.output.split(separator: "\n").filter { $0.hasPrefix("migrated ") }
             #expect(progress.count == 20)
             #expect(progress.last?.hasPrefix("migrated 20/20 tenants") == true)
-            #expect(try await db.query("SELECT count(*) AS n FROM tally.tenants WHERE schema_version = 2")[0].int64("n") == 20)
-            for table in ["usage", "seen_events", "usage_distinct", "event_stats", "rejections"] {
+            #expect(try await db.query("SELECT count(*) AS n FROM tally.tenants WHERE schema_version = 3")[0].int64("n") == 20)
+            for table in ["usage", "usage_folded", "seen_events", "usage_distinct", "event_stats", "rejections"] {
                 #expect(try await db.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = '\(table)' AND table_schema LIKE 'tenant\\_old\\_%'")[0].int64("n") == 20)
             }
+            await db.close()
+        }
+    }
+
+    @Test func foldMovesTheUsageLogIntoTheTenantsTablesAndSaysHowMuch() async throws {
+        try await withLocalPostgres { server in
+            let store = SinkStore(conninfo: server.connectionString)
+            try await store.prepare()
+            let hour = Date(timeIntervalSince1970: 1_764_288_000)
+            for subject in ["a", "b", "a"] {
+                try await store.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
+                    UsageRow(
+                        tenant: try TenantID("acme"), meter: "calls", subject: subject, windowSize: .hour, windowStart: hour, value: 2, eventCount: 2,
+                        firstEventAt: hour, lastEventAt: hour),
+                ]))
+            }
+            await store.close()
+            let run = try await TallyProcess.run(["sink", "fold", "--postgres", server.connectionString])
+            #expect(run.status == 0, "\(run.errors)")
+            #expect(run.output.contains("folded 3 usage log rows"))
+            let db = try await PostgresConnection.connect(server.connectionString)
+            #expect(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") == 0)
+            let folded = try await db.query("SELECT subject, value::text AS v FROM tenant_acme.usage_folded ORDER BY subject")
+            #expect(try folded.map { "\(try $0.string("subject")!)=\(try $0.string("v")!)" } == ["a=4", "b=2"])
             await db.close()
         }
     }

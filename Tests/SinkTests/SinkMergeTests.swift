@@ -17,14 +17,18 @@ import Testing
             lastEventAt: Self.hour.addingTimeInterval(second), distinctValues: distinct)
     }
 
-    @Test(arguments: [SinkWriteMethod.stagedUpsert, .pipelinedUpserts])
+    /// With the usage log, the first batch is folded before the second commits and the second
+    /// after the first check: readers see the same values from the log, from folded rows
+    /// merged with the log, and from folded rows alone.
+    @Test(arguments: [SinkWriteMethod.loggedDeltas, .stagedUpsert, .pipelinedUpserts])
     func everyAggregationMergesAcrossBatches(method: SinkWriteMethod) async throws {
         try await withSink(writeMethod: method) { sink, db, _ in
-            // Two batches; the second holds two deltas of one window, which fold first.
+            // Two batches; the second holds two deltas of one window, which merge first.
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
                 try delta(.count, value: 2, count: 2), try delta(.sum, value: 7, total: 7), try delta(.min, value: 4), try delta(.max, value: 4),
                 try delta(.avg, value: 0, total: 10, count: 2), try delta(.latest, value: 3, at: 50), try delta(.uniqueCount, value: 0, count: 2, distinct: ["a", "b"]),
             ]))
+            if method == .loggedDeltas { #expect(try await sink.foldUsageLog() == 7) }
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
                 try delta(.count, value: 1), try delta(.count, value: 1), try delta(.sum, value: 5, total: 5), try delta(.sum, value: -1, total: -1),
                 try delta(.min, value: 9), try delta(.min, value: 1), try delta(.max, value: 9), try delta(.max, value: -3),
@@ -32,16 +36,27 @@ import Testing
                 try delta(.latest, value: 8, at: 60), try delta(.latest, value: 1, at: 20),
                 try delta(.uniqueCount, value: 0, distinct: ["b", "c"]), try delta(.uniqueCount, value: 0, distinct: ["c"]),
             ]))
-            let rows = try await db.query("SELECT meter, value::text AS value, event_count, last_event_at FROM tenant_acme.usage ORDER BY meter")
-            let values = Dictionary(uniqueKeysWithValues: try rows.map { (try $0.string("meter")!, try $0.string("value")!) })
-            #expect(values["count"] == "4")
-            #expect(values["sum"] == "11")
-            #expect(values["min"] == "1")
-            #expect(values["max"] == "9")
-            #expect(Decimal(string: values["avg"] ?? "") == 3.75, "(10 + 2 + 3) / 4")
-            #expect(values["latest"] == "8", "the value at second 60")
-            #expect(values["unique_count"] == "3", "a, b, c")
+            try await expectMergedValues(db)
+            if method == .loggedDeltas {
+                #expect(try await sink.foldUsageLog() == 7, "the second batch's deltas, one per window")
+                #expect(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") == 0)
+                #expect(try await db.query("SELECT count(*) AS n FROM tenant_acme.usage_folded")[0].int64("n") == 7)
+                try await expectMergedValues(db)
+            }
         }
+    }
+
+    /// The values of both batches merged, as tenant acme's reader sees them.
+    func expectMergedValues(_ db: PostgresConnection) async throws {
+        let rows = try await db.query("SELECT meter, value::text AS value, event_count, last_event_at FROM tenant_acme.usage ORDER BY meter")
+        let values = Dictionary(uniqueKeysWithValues: try rows.map { (try $0.string("meter")!, try $0.string("value")!) })
+        #expect(values["count"] == "4")
+        #expect(values["sum"] == "11")
+        #expect(values["min"] == "1")
+        #expect(values["max"] == "9")
+        #expect(Decimal(string: values["avg"] ?? "") == 3.75, "(10 + 2 + 3) / 4")
+        #expect(values["latest"] == "8", "the value at second 60")
+        #expect(values["unique_count"] == "3", "a, b, c")
     }
 
     @Test func eventsCountOncePerIdentityAndStatsExplainEveryInput() async throws {

@@ -39,7 +39,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await sink.ensureTenant(try TenantID("acme"))  // a second sight changes nothing
             #expect(try await sink.tenants() == [try TenantID("acme")])
             #expect(try await count("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'tenant_acme' AND table_name = 'usage'", db) == 1)
-            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 2)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 3)
             #expect(try await count("SELECT count(*) AS n FROM pg_roles WHERE rolname = 'tally_reader_acme' AND NOT rolcanlogin", db) == 1)
         }
     }
@@ -67,7 +67,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         #expect(throws: InvalidTenantID.self) { try TenantID(id) }
     }
 
-    @Test(arguments: [SinkWriteMethod.stagedUpsert, .pipelinedUpserts])
+    @Test(arguments: [SinkWriteMethod.loggedDeltas, .stagedUpsert, .pipelinedUpserts])
     func aBatchWritesEveryTenantsRowsAndTheOffsetsTogether(method: SinkWriteMethod) async throws {
         try await withSink(writeMethod: method) { sink, db, _ in
             let partition = LogPartition(topic: "events", partition: 3)
@@ -88,7 +88,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
-    @Test(arguments: [SinkWriteMethod.stagedUpsert, .pipelinedUpserts])
+    @Test(arguments: [SinkWriteMethod.loggedDeltas, .stagedUpsert, .pipelinedUpserts])
     func aFailureInsideTheBatchLeavesNeitherRowsNorOffsets(method: SinkWriteMethod) async throws {
         try await withSink(writeMethod: method) { sink, db, _ in
             let partition = LogPartition(topic: "events", partition: 0)
@@ -100,6 +100,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             await #expect(throws: SinkError.self) { try await sink.commit(batch) }
             #expect(try await count("SELECT count(*) AS n FROM tenant_aaa.usage", db) == 0)
             #expect(try await count("SELECT count(*) AS n FROM tenant_zzz.usage", db) == 0)
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
             #expect(try await sink.offsets(group: "usage").isEmpty)
         }
     }
@@ -224,8 +225,15 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
             try await db.execute("CREATE ROLE acme_dashboard LOGIN IN ROLE tally_reader_acme")
             let reader = try await PostgresConnection.connect(server.connectionString(database: "postgres", user: "acme_dashboard"))
-            #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1)
-            for forbidden in ["SELECT * FROM tenant_globex.usage", "SELECT * FROM tally.offsets", "SELECT * FROM tally.tenants"] {
+            #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1, "from the usage log")
+            try await sink.foldUsageLog()
+            #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1, "folded")
+            #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage_folded")[0].int64("n") == 1)
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("globex", subject: "pending")]))
+            for forbidden in [
+                "SELECT * FROM tenant_globex.usage", "SELECT * FROM tenant_globex.usage_folded", "SELECT * FROM tally.usage_log",
+                "SELECT * FROM tally.usage_current", "SELECT * FROM tally.usage", "SELECT * FROM tally.offsets", "SELECT * FROM tally.tenants",
+            ] {
                 await #expect {
                     try await reader.query(forbidden)
                 } throws: { error in
@@ -233,7 +241,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
                 }
             }
             await #expect {
-                try await reader.query("INSERT INTO tenant_acme.usage SELECT * FROM tenant_acme.usage")
+                try await reader.query("INSERT INTO tenant_acme.usage_folded SELECT * FROM tenant_acme.usage_folded")
             } throws: { error in
                 (error as? PostgresError)?.sqlState == "42501"
             }

@@ -75,10 +75,11 @@ public final class CuttingProxy: Sendable {
                 cut.withLock { $0 = .done }
                 break
             }
-            guard writeAll(chunk, to: destination) else { break }
+            // Marked before forwarding: the server may answer before `writeAll` returns.
             if clientToServer, chunk.count >= commit.count, chunk.firstRange(of: commit) != nil {
                 cut.withLock { if $0 == .armed { $0 = .commitForwarded } }
             }
+            guard writeAll(chunk, to: destination) else { break }
         }
         shutdown(source, Int32(SHUT_RDWR))
         shutdown(destination, Int32(SHUT_RDWR))

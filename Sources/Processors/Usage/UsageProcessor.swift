@@ -20,6 +20,9 @@ public struct UsageProcessorConfiguration: Sendable {
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
     /// Most records per committed batch.
     public var maximumBatch = 5_000
+    /// How often the processor folds the Sink's usage log into the keyed usage tables (on a
+    /// connection of its own); readers see the same values either way.
+    public var foldInterval: Duration = .seconds(1)
     /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`.
     public var consumerProperties: [String: String] = [:]
 
@@ -64,19 +67,32 @@ public final class UsageProcessor: Sendable {
             configuration: KafkaConsumerConfiguration(
                 bootstrapServers: configuration.bootstrapServers, groupID: configuration.group, properties: configuration.consumerProperties),
             rebalanceListener: ownership, logger: logger)
-        var producerConfiguration = KafkaProducerConfiguration(bootstrapServers: configuration.bootstrapServers)
-        producerConfiguration.enqueueTimeout = .seconds(30)
+        let producerConfiguration = KafkaProducerConfiguration(
+            bootstrapServers: configuration.bootstrapServers, enqueueTimeout: .seconds(30), topics: [configuration.deadLetterTopic])
         let deadLetters = try KafkaProducer(configuration: producerConfiguration, logger: logger)
+        let folding = sink.withOwnConnection()
         do {
             try await consumer.subscribe([configuration.topic])
+            async let folder: Void = foldContinuously(folding)
             try await process(consumer, ownership: ownership, deadLetters: deadLetters)
+            await folder
         } catch {
             await consumer.close()
             await deadLetters.close()
+            await folding.close()
             throw error
         }
         await consumer.close()
         await deadLetters.close()
+        await folding.close()
+    }
+
+    /// Folds the usage log every `foldInterval` until the task is cancelled.
+    private func foldContinuously(_ store: SinkStore) async {
+        while !Task.isCancelled {
+            do { try await store.foldUsageLog() } catch { logger.warning("could not fold the usage log: \(error)") }
+            try? await Task.sleep(for: configuration.foldInterval)
+        }
     }
 
     private func process(_ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer) async throws {
