@@ -220,9 +220,9 @@ final class DeliveryGroup: @unchecked Sendable {
         countSettled()
     }
 
-    /// Fails every record from `start` on that has no outcome.
-    func failUnsettled(from start: Int = 0, with error: KafkaError) {
-        for index in start..<slots.count where !slots[index].settled { settle(index: index, with: error) }
+    /// Fails every record that has no outcome.
+    func failUnsettled(with error: KafkaError) {
+        for index in slots.indices where !slots[index].settled { settle(index: index, with: error) }
     }
 
     private func countSettled() {

@@ -5,7 +5,7 @@ import Tenancy
 /// `tally sink …`: administer the Postgres side.
 struct SinkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "sink", abstract: "Prepare, extend and migrate the Sink's Postgres schemas.",
+        commandName: "sink", abstract: "Prepare, extend and migrate the Sink's Postgres schemas, and fold its usage log.",
         subcommands: [Initialize.self, AddTenant.self, Migrate.self, Fold.self])
 
     struct Connection: ParsableArguments {
