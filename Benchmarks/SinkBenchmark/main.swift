@@ -30,6 +30,11 @@ struct SinkBenchmark: AsyncParsableCommand {
     @Option(help: "Write methods to measure, comma-separated: logged, staged, pipelined.")
     var methods = "logged,staged,pipelined"
 
+    func validate() throws {
+        let unknown = Set(methods.split(separator: ",").map(String.init)).subtracting(["logged", "staged", "pipelined"])
+        guard unknown.isEmpty else { throw ValidationError("--methods: unknown \(unknown.sorted().joined(separator: ", ")); use logged, staged, pipelined") }
+    }
+
     func run() async throws {
         print("starting a throwaway Postgres (fsync off for both contenders)")
         let server = try await LocalPostgresServer.start(durable: false)
