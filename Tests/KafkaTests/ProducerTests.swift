@@ -86,27 +86,6 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         #expect(second == DeliveryReport(topic: "reports", partition: 1, offset: 1))
     }
 
-    @Test func aRecordForAnInvalidTopicNameFailsAloneWithTheReason() async throws {
-        let cluster = try MockCluster(brokers: 1)
-        defer { cluster.shutdown() }
-        try cluster.createTopic("valid", partitions: 1, replicationFactor: 1)
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
-        let tooLong = String(repeating: "t", count: 600)
-        let results = await producer.send([
-            ProducerRecord(topic: "valid", key: nil, value: "before"),
-            ProducerRecord(topic: tooLong, key: nil, value: "lost?"),
-            ProducerRecord(topic: "valid", key: nil, value: "after"),
-        ])
-        await producer.close()
-        #expect(try results[0].get().offset == 0)
-        #expect(try results[2].get().offset == 1)
-        guard case .failure(let error) = results[1] else {
-            Issue.record("a 600-character topic name was accepted")
-            return
-        }
-        #expect(error.kind == .configuration && error.message.contains("invalid topic name"))
-    }
-
     @Test func aFullQueueIsATypedErrorNeverASilentDrop() async throws {
         let (cluster, producer) = try boundedProducer(topic: "bounded", enqueueTimeout: .zero)
         defer { cluster.shutdown() }
