@@ -1,12 +1,12 @@
 import ArgumentParser
 import CProducerLoop
-import DedicatedThreads
 import Foundation
 import Kafka
 
 /// Produces the same messages through Tally's Swift producer, the same loop written in C
-/// (the ceiling), and `kcat -P`, all against one embedded mock cluster, and prints the
-/// throughput of each with the ratios. Each contender writes to a topic of its own.
+/// (the ceiling), and `kcat -P`, each run into a fresh embedded mock cluster served by this
+/// process, and prints the throughput of each with the ratios. Every contender runs as a
+/// process of its own, as kcat must: this executable again, with `--contender`.
 @main
 struct ProducerBenchmark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "producer-benchmark")
@@ -24,31 +24,36 @@ struct ProducerBenchmark: AsyncParsableCommand {
     var runs = 3
 
     @Option(help: "Records per Swift send call.")
-    var batchSize = 2_000
+    var batchSize = 10_000
 
     @Option(help: "Swift send calls in flight at once; with the batch size, matches the C loop's 100 000-message queue.")
-    var concurrentBatches = 50
+    var concurrentBatches = 10
 
     @Option(help: "Path of kcat; runs without it when missing.")
     var kcat = "/usr/bin/kcat"
 
-    func run() async throws {
-        let cluster = try MockCluster(brokers: 3)
-        defer { cluster.shutdown() }
-        let bootstrap = cluster.bootstrapServers
-        print("mock cluster \(bootstrap); \(messages) messages of \(valueSize) B over \(keys) keys, \(runs) runs each")
+    @Option(help: .hidden)
+    var contender: String?
 
-        var results: [(name: String, rates: [Double])] = []
-        var topicNumber = 0
-        func freshTopic() throws -> String {
-            topicNumber += 1
-            let topic = "bench-\(topicNumber)"
-            try cluster.createTopic(topic, partitions: 12, replicationFactor: 3)
-            return topic
+    @Option(help: .hidden)
+    var bootstrap = ""
+
+    @Option(help: .hidden)
+    var topic = ""
+
+    func run() async throws {
+        switch contender {
+        case "swift":
+            return try await produceWithSwift(bootstrap: bootstrap, topic: topic)
+        case "c":
+            let delivered = tally_c_produce_loop(bootstrap, topic, messages, valueSize, Int32(keys))
+            guard delivered == messages else { throw ValidationError("C loop delivered \(delivered) of \(messages)") }
+            return
+        default:
+            break
         }
-        let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap))
-        let cLoopThread = DedicatedThreadExecutor(name: "c-loop")
-        defer { cLoopThread.shutdown() }
+        print("\(messages) messages of \(valueSize) B over \(keys) keys, \(runs) runs each, each into a fresh mock cluster")
+        var results: [(name: String, rates: [Double])] = []
 
         var swiftRates: [Double] = []
         var cRates: [Double] = []
@@ -56,26 +61,25 @@ struct ProducerBenchmark: AsyncParsableCommand {
         let kcatAvailable = FileManager.default.isExecutableFile(atPath: kcat)
         let input = kcatAvailable ? try kcatInput() : ""
         defer { if kcatAvailable { try? FileManager.default.removeItem(atPath: input) } }
+        // Each run starts with another contender, so that none always runs first or last.
+        let contenders = kcatAvailable ? ["swift", "c", "kcat"] : ["swift", "c"]
         for run in 1...runs {
-            let swiftTopic = try freshTopic()
-            swiftRates.append(try await measure("swift  run \(run)", topic: swiftTopic, admin: admin) { try await produceWithSwift(bootstrap: bootstrap, topic: swiftTopic) })
-            let cTopic = try freshTopic()
-            let (messages, valueSize, keys) = (messages, valueSize, keys)
-            cRates.append(
-                try await measure("c loop run \(run)", topic: cTopic, admin: admin) {
-                    let delivered = await cLoopThread.run { tally_c_produce_loop(bootstrap, cTopic, messages, valueSize, Int32(keys)) }
-                    guard delivered == messages else { throw ValidationError("C loop delivered \(delivered) of \(messages)") }
-                })
-            if kcatAvailable {
-                let kcatTopic = try freshTopic()
-                kcatRates.append(try await measure("kcat   run \(run)", topic: kcatTopic, admin: admin) { try await produceWithKcat(bootstrap: bootstrap, topic: kcatTopic, input: input) })
+            let shift = (run - 1) % contenders.count
+            for contender in contenders[shift...] + contenders[..<shift] {
+                let rate = try await measure("\(contender) run \(run)") { bootstrap, topic in
+                    try await runContender(contender, bootstrap: bootstrap, topic: topic, kcatInput: input)
+                }
+                switch contender {
+                case "swift": swiftRates.append(rate)
+                case "c": cRates.append(rate)
+                default: kcatRates.append(rate)
+                }
             }
         }
         results.append(("Swift producer (Tally `Kafka` module)", swiftRates))
         results.append(("C loop over librdkafka (ceiling)", cRates))
         if !kcatRates.isEmpty { results.append(("kcat -P", kcatRates)) }
 
-        await admin.close()
         let swiftMedian = median(swiftRates)
         print("\n| producer | median msgs/s | runs (msgs/s) | Swift ÷ this |")
         print("|---|---:|---|---:|")
@@ -85,19 +89,28 @@ struct ProducerBenchmark: AsyncParsableCommand {
         }
     }
 
-    /// Times `body`, then checks that the topic holds exactly the messages produced.
-    private func measure(_ label: String, topic: String, admin: KafkaAdmin, _ body: () async throws -> Void) async throws -> Double {
+    /// Starts a mock cluster of 3 brokers with a topic of 12 partitions, times `body` producing
+    /// into it, checks that the topic holds exactly the messages produced, and stops the cluster.
+    /// A fresh cluster per measurement keeps earlier runs' messages from weighing on later ones.
+    private func measure(_ label: String, _ body: (_ bootstrap: String, _ topic: String) async throws -> Void) async throws -> Double {
+        let cluster = try MockCluster(brokers: 3)
+        defer { cluster.shutdown() }
+        let topic = "bench"
+        try cluster.createTopic(topic, partitions: 12, replicationFactor: 3)
         let start = ContinuousClock.now
-        let cpuBefore = processCPUSeconds()
-        try await body()
+        let (cpuBefore, contenderCPUBefore) = (cpuSeconds(RUSAGE_SELF), cpuSeconds(RUSAGE_CHILDREN))
+        try await body(cluster.bootstrapServers, topic)
         let elapsed = start.duration(to: .now)
-        let cpu = processCPUSeconds() - cpuBefore
+        let (cpu, contenderCPU) = (cpuSeconds(RUSAGE_SELF) - cpuBefore, cpuSeconds(RUSAGE_CHILDREN) - contenderCPUBefore)
+        let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: cluster.bootstrapServers))
         var stored: Int64 = 0
         for partition in Int32(0)..<12 { stored += try await admin.watermarks(of: TopicPartition(topic: topic, partition: partition)).high }
+        await admin.close()
         guard stored == messages else { throw ValidationError("\(label): topic holds \(stored) messages, expected \(messages)") }
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let rate = Double(messages) / seconds
-        print("\(label): \(Int(rate)) msgs/s (\(String(format: "%.2f", seconds)) s, process CPU \(String(format: "%.2f", cpu)) s)")
+        print(
+            "\(label): \(Int(rate)) msgs/s (\(String(format: "%.2f", seconds)) s, producer CPU \(String(format: "%.2f", contenderCPU)) s, broker CPU \(String(format: "%.2f", cpu)) s)")
         return rate
     }
 
@@ -135,18 +148,27 @@ struct ProducerBenchmark: AsyncParsableCommand {
         guard failures == 0 else { throw ValidationError("\(failures) deliveries failed") }
     }
 
-    private func produceWithKcat(bootstrap: String, topic: String, input: String) async throws {
+    /// Runs one contender as a child process and waits for it to succeed.
+    private func runContender(_ contender: String, bootstrap: String, topic: String, kcatInput: String) async throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: kcat)
-        process.arguments = [
-            "-P", "-b", bootstrap, "-t", topic, "-K", ":", "-X", "enable.idempotence=true", "-X", "acks=all",
-            "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=100000", "-l", input,
-        ]
+        if contender == "kcat" {
+            process.executableURL = URL(fileURLWithPath: kcat)
+            process.arguments = [
+                "-P", "-b", bootstrap, "-t", topic, "-K", ":", "-X", "enable.idempotence=true", "-X", "acks=all",
+                "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=100000", "-l", kcatInput,
+            ]
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            process.arguments = [
+                "--contender", contender, "--bootstrap", bootstrap, "--topic", topic, "--messages", "\(messages)", "--value-size", "\(valueSize)",
+                "--keys", "\(keys)", "--batch-size", "\(batchSize)", "--concurrent-batches", "\(concurrentBatches)",
+            ]
+        }
         let status: Int32 = try await withCheckedThrowingContinuation { continuation in
             process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
             do { try process.run() } catch { continuation.resume(throwing: error) }
         }
-        guard status == 0 else { throw ValidationError("kcat exited with \(status)") }
+        guard status == 0 else { throw ValidationError("\(contender) exited with \(status)") }
     }
 
     /// One `key:value` line per message, for `kcat -K : -l`.
@@ -166,9 +188,9 @@ struct ProducerBenchmark: AsyncParsableCommand {
     }
 }
 
-/// User plus system CPU time of this whole process (kcat runs as a child and is not counted).
-func processCPUSeconds() -> Double {
+/// User plus system CPU time of this process (`RUSAGE_SELF`) or of its finished children.
+func cpuSeconds(_ who: __rusage_who) -> Double {
     var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
+    getrusage(who.rawValue, &usage)
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
 }

@@ -28,9 +28,15 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         let cluster = try MockCluster(brokers: 3)
         defer { cluster.shutdown() }
         try cluster.createTopic("faults", partitions: 3, replicationFactor: 3)
+        // librdkafka 2.0.2's mock checks sequence numbers of transactional producers only: a
+        // Produce request it appended just before an injected error dropped the connection
+        // (losing the response) would be appended again on retry, a duplicate a real broker
+        // refuses by sequence number. With one request in flight per connection, a dropped
+        // connection never carries an appended request with an unsent response.
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(
-                bootstrapServers: cluster.bootstrapServers, properties: ["retry.backoff.ms": "20"]))
+                bootstrapServers: cluster.bootstrapServers,
+                properties: ["retry.backoff.ms": "20", "max.in.flight.requests.per.connection": "1"]))
         let perBatch = 1_000
         func batch(_ number: Int) -> [ProducerRecord] {
             (0..<perBatch).map { index in
@@ -71,6 +77,45 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         for (_, group) in Dictionary(grouping: records, by: { $0.key! }) {
             let sequences = group.sorted { $0.offset < $1.offset }.map { Int(String(decoding: $0.value!, as: UTF8.self))! }
             #expect(sequences == sequences.sorted())
+        }
+    }
+
+    @Test func oneCallMixingTopicsPartitionsHeadersAndTimestampsKeepsEveryRecordAsSent() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("mixed-a", partitions: 3, replicationFactor: 1)
+        try cluster.createTopic("mixed-b", partitions: 2, replicationFactor: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers, topics: ["mixed-a"]))
+        // Runs of plain records (enqueued in batches) broken by other topics, headers,
+        // timestamps and fixed partitions (enqueued one by one), and records without a key.
+        let records = (0..<1_500).map { number -> ProducerRecord in
+            let topic = number % 400 < 300 ? "mixed-a" : "mixed-b"
+            var record = ProducerRecord(topic: topic, key: number % 7 == 0 ? nil : Array("k\(number % 13)".utf8), value: Array("\(number)".utf8))
+            if number % 97 == 0 { record.headers = [KafkaHeader(name: "n", value: "\(number)")] }
+            if number % 89 == 0 { record.timestampMilliseconds = 1_700_000_000_000 + Int64(number) }
+            if number % 53 == 0 { record.partition = 1 }
+            return record
+        }
+        let reports = try await producer.send(records).map { try $0.get() }
+        await producer.close()
+        #expect(zip(records, reports).allSatisfy { $0.topic == $1.topic && ($0.partition == nil || $0.partition == $1.partition) })
+
+        for topic in ["mixed-a", "mixed-b"] {
+            let sent = records.indices.filter { records[$0].topic == topic }
+            let stored = try await readAll(topic, bootstrap: cluster.bootstrapServers, expecting: sent.count)
+            #expect(stored.count == sent.count)
+            let byPosition = Dictionary(uniqueKeysWithValues: stored.map { ("\($0.partition)@\($0.offset)", $0) })
+            for index in sent {
+                let report = reports[index]
+                guard let record = byPosition["\(report.partition)@\(report.offset)"] else {
+                    Issue.record("record \(index) missing at \(report)")
+                    continue
+                }
+                #expect(record.value == records[index].value)
+                #expect(record.key == records[index].key)
+                #expect(record.headers == records[index].headers)
+                if let timestamp = records[index].timestampMilliseconds { #expect(record.timestampMilliseconds == timestamp) }
+            }
         }
     }
 
