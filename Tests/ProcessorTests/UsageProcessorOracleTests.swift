@@ -45,10 +45,18 @@ import Testing
 
     /// Produces part of the oracle's records, in order.
     func produce(_ records: ArraySlice<ProducerRecord>, _ world: World) async throws {
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: world.bootstrap))
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: world.bootstrap, topics: ["events"]))
         let outcomes = await producer.send(Array(records))
         await producer.close()
         #expect(outcomes.allSatisfy { (try? $0.get()) != nil })
+        // librdkafka's mock keeps at most 5 MiB per partition and drops the oldest records
+        // beyond that; the processor would then find them gone. Every record must still be there.
+        let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: world.bootstrap))
+        for partition in Int32(0)..<4 {
+            let low = try await admin.watermarks(of: TopicPartition(topic: "events", partition: partition)).low
+            #expect(low == 0, "the mock broker dropped the oldest records of events[\(partition)]")
+        }
+        await admin.close()
     }
 
     /// Waits until some partition changed hands (its owner epoch passed 1).
