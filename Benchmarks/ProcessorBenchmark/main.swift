@@ -37,6 +37,9 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "The processor's --fold-interval-ms.")
     var foldIntervalMs = 1_000
 
+    @Option(help: "Postgres shared_buffers, e.g. 1GB; the server's default (128MB) when not given.")
+    var sharedBuffers: String?
+
     @Option(help: "Events per second in the lag run; 0 skips it.")
     var lagRate = 10_000
 
@@ -49,7 +52,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         try cluster.createTopic("events", partitions: 12, replicationFactor: 3)
         try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 3)
         print("starting a throwaway Postgres (fsync off) …")
-        let server = try await LocalPostgresServer.start(durable: false)
+        let server = try await LocalPostgresServer.start(durable: false, settings: sharedBuffers.map { ["shared_buffers = '\($0)'"] } ?? [])
         do {
             try await measure(cluster: cluster, server: server)
         } catch {

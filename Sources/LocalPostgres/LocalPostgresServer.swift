@@ -43,8 +43,9 @@ public final class LocalPostgresServer: Sendable {
 
     /// Creates and starts a new cluster. `durable: false` turns off fsync, which only matters
     /// when the machine itself crashes (a crashed or killed server still recovers every
-    /// acknowledged commit); tests use it for speed.
-    public static func start(durable: Bool = true) async throws -> LocalPostgresServer {
+    /// acknowledged commit); tests use it for speed. `settings` are further `postgresql.conf`
+    /// lines, such as `shared_buffers = '1GB'`.
+    public static func start(durable: Bool = true, settings extraSettings: [String] = []) async throws -> LocalPostgresServer {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tally-pg-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         if getuid() == 0 { try await run("/bin/chown", ["postgres:postgres", directory.path], asPostgres: false) }
@@ -54,6 +55,7 @@ public final class LocalPostgresServer: Sendable {
         var settings = ["listen_addresses = '127.0.0.1'", "unix_socket_directories = '\(directory.path)'", "max_connections = 200"]
         // Never `synchronous_commit = off`: it acknowledges commits that a server crash loses.
         if !durable { settings += ["fsync = off", "full_page_writes = off"] }
+        settings += extraSettings
         let configuration = directory.appendingPathComponent("data/postgresql.auto.conf")
         try (settings.joined(separator: "\n") + "\n").write(to: configuration, atomically: false, encoding: .utf8)
         var lastError: (any Error)?
