@@ -261,34 +261,18 @@ private func upsertUsagePipelined(_ rows: [UsageRow], _ db: isolated PostgresCon
         })
 }
 
-/// Adds the batch's per-day counts by one `COPY` into a staging table and one upsert.
 private func addStats(_ stats: [StatsKey: EventStats], _ db: isolated PostgresConnection) throws {
-    try db.execute(
-        """
-        CREATE TEMP TABLE IF NOT EXISTS sink_stats (
-            tenant text, day integer, counted bigint, deduplicated bigint, late bigint, rejected bigint
-        ) ON COMMIT DELETE ROWS
-        """)
-    try db.copy(
-        into: "sink_stats", columns: ["tenant", "day", "counted", "deduplicated", "late", "rejected"],
-        rows: stats.sorted { ($0.key.tenant, $0.key.day) < ($1.key.tenant, $1.key.day) }
-    ) { entry, fields in
-        let (key, counts) = entry
-        fields.append(key.tenant.rawValue)
-        fields.append(Int64(key.day))
-        fields.append(counts.counted)
-        fields.append(counts.deduplicated)
-        fields.append(counts.late)
-        fields.append(counts.rejected)
-    }
-    try db.execute(
+    try db.pipeline(
         """
         INSERT INTO tally.event_stats AS s (tenant, day, counted, deduplicated, late, rejected)
-        SELECT tenant, date '1970-01-01' + day, counted, deduplicated, late, rejected FROM sink_stats
+        VALUES ($1, date '1970-01-01' + $2::integer, $3, $4, $5, $6)
         ON CONFLICT (tenant, day) DO UPDATE SET
             counted = s.counted + EXCLUDED.counted, deduplicated = s.deduplicated + EXCLUDED.deduplicated,
             late = s.late + EXCLUDED.late, rejected = s.rejected + EXCLUDED.rejected, updated_at = now()
-        """)
+        """,
+        parameterSets: stats.sorted { ($0.key.tenant, $0.key.day) < ($1.key.tenant, $1.key.day) }.map { key, counts in
+            [.text(key.tenant.rawValue), .int32(key.day), .int64(counts.counted), .int64(counts.deduplicated), .int64(counts.late), .int64(counts.rejected)]
+        })
 }
 
 private func recordRejections(_ rejections: [RejectedInput], _ db: isolated PostgresConnection) throws {
