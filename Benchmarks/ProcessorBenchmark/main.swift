@@ -23,7 +23,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "processor-benchmark")
 
     @Option(help: "Events in the pre-filled topic.")
-    var events = 500_000
+    var events = 150_000
 
     @Option(help: "Tenants.")
     var tenants = 1_000
