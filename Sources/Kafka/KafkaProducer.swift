@@ -437,17 +437,21 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         KafkaError(code: RD_KAFKA_RESP_ERR__QUEUE_FULL, context: "enqueue to \(topic)", persistence: .notPersisted)
     }
 
-    /// Records per `rd_kafka_produce_batch` call at most.
-    private static let batchLimit = 256
+    /// Records and key and value bytes per `rd_kafka_produce_batch` call at most (a single
+    /// larger record still goes alone), which bounds the scratch buffer.
+    private static let batchLimit = (records: 256, bytes: 1 << 20)
 
     /// The end of the run from `start` of records that `rd_kafka_produce_batch` can take: one
-    /// topic, no headers, no timestamp of their own, at most `batchLimit`.
+    /// topic, no headers, no timestamp of their own, within `batchLimit`.
     private func endOfBatchableRun(_ records: UnsafeBufferPointer<ProducerRecord>, from start: Int) -> Int {
         let topic = records[start].topic
         var end = start
-        while end < records.count, end - start < Self.batchLimit {
+        var bytes = 0
+        while end < records.count, end - start < Self.batchLimit.records {
             let record = records.baseAddress! + end
             guard record.pointee.headers.isEmpty, record.pointee.timestampMilliseconds == nil, record.pointee.topic == topic else { break }
+            bytes += (record.pointee.key?.count ?? 0) + (record.pointee.value?.count ?? 0)
+            guard bytes <= Self.batchLimit.bytes || end == start else { break }
             end += 1
         }
         return end

@@ -94,6 +94,7 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
             if number % 97 == 0 { record.headers = [KafkaHeader(name: "n", value: "\(number)")] }
             if number % 89 == 0 { record.timestampMilliseconds = 1_700_000_000_000 + Int64(number) }
             if number % 53 == 0 { record.partition = 1 }
+            if (700..<703).contains(number) { record.value = Array(repeating: UInt8(number % 256), count: 600_000) }  // over a batch's bytes
             return record
         }
         let reports = try await producer.send(records).map { try $0.get() }
