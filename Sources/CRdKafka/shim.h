@@ -6,16 +6,15 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
-/// Enqueues one message to a topic handle (`rd_kafka_producev` is variadic and does not
-/// import); a handle saves librdkafka looking the topic up by name for every message.
+/// Enqueues one message (`rd_kafka_producev` is variadic and does not import).
 /// `headers` may be NULL; on success librdkafka owns it, on failure the caller still does.
-static inline rd_kafka_resp_err_t tally_produce(rd_kafka_t *rk, rd_kafka_topic_t *topic,
+static inline rd_kafka_resp_err_t tally_produce(rd_kafka_t *rk, const char *topic,
                                                 int32_t partition, const void *key,
                                                 size_t key_len, const void *value,
                                                 size_t value_len, rd_kafka_headers_t *headers,
                                                 int64_t timestamp_ms, void *opaque) {
     if (headers != NULL) {
-        return rd_kafka_producev(rk, RD_KAFKA_V_RKT(topic), RD_KAFKA_V_PARTITION(partition),
+        return rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
                                  RD_KAFKA_V_KEY(key, key_len),
                                  RD_KAFKA_V_VALUE((void *)value, value_len),
                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -23,7 +22,7 @@ static inline rd_kafka_resp_err_t tally_produce(rd_kafka_t *rk, rd_kafka_topic_t
                                  RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(opaque),
                                  RD_KAFKA_V_END);
     }
-    return rd_kafka_producev(rk, RD_KAFKA_V_RKT(topic), RD_KAFKA_V_PARTITION(partition),
+    return rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
                              RD_KAFKA_V_KEY(key, key_len),
                              RD_KAFKA_V_VALUE((void *)value, value_len),
                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
