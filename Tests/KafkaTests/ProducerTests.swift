@@ -86,15 +86,15 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         try cluster.createTopic("mixed-a", partitions: 3, replicationFactor: 1)
         try cluster.createTopic("mixed-b", partitions: 2, replicationFactor: 1)
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers, topics: ["mixed-a"]))
-        // Runs of plain records (enqueued in batches) broken by other topics, headers,
-        // timestamps and fixed partitions (enqueued one by one), and records without a key.
+        // Two topics interleaved, with some records carrying headers, timestamps, a fixed
+        // partition, no key, or a value of 600 KB.
         let records = (0..<1_500).map { number -> ProducerRecord in
             let topic = number % 400 < 300 ? "mixed-a" : "mixed-b"
             var record = ProducerRecord(topic: topic, key: number % 7 == 0 ? nil : Array("k\(number % 13)".utf8), value: Array("\(number)".utf8))
             if number % 97 == 0 { record.headers = [KafkaHeader(name: "n", value: "\(number)")] }
             if number % 89 == 0 { record.timestampMilliseconds = 1_700_000_000_000 + Int64(number) }
             if number % 53 == 0 { record.partition = 1 }
-            if (700..<703).contains(number) { record.value = Array(repeating: UInt8(number % 256), count: 600_000) }  // over a batch's bytes
+            if (700..<703).contains(number) { record.value = Array(repeating: UInt8(number % 256), count: 600_000) }
             return record
         }
         let reports = try await producer.send(records).map { try $0.get() }
