@@ -1,5 +1,6 @@
 import ArgumentParser
 import CProducerLoop
+import DedicatedThreads
 import Foundation
 import Kafka
 
@@ -46,7 +47,11 @@ struct ProducerBenchmark: AsyncParsableCommand {
         case "swift":
             return try await produceWithSwift(bootstrap: bootstrap, topic: topic)
         case "c":
-            let delivered = tally_c_produce_loop(bootstrap, topic, messages, valueSize, Int32(keys))
+            // The C loop blocks, so it runs on a thread of its own, off the Swift pool.
+            let loopThread = DedicatedThreadExecutor(name: "c-loop")
+            defer { loopThread.shutdown() }
+            let (bootstrap, topic, messages, valueSize, keys) = (bootstrap, topic, messages, valueSize, keys)
+            let delivered = await loopThread.run { tally_c_produce_loop(bootstrap, topic, messages, valueSize, Int32(keys)) }
             guard delivered == messages else { throw ValidationError("C loop delivered \(delivered) of \(messages)") }
             return
         default:
