@@ -79,12 +79,22 @@ public final class KafkaProducer: Sendable {
         var index = 0
         var waitingSince: ContinuousClock.Instant?
         while index < records.count {
-            let opaque = UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index)))
-            let code = enqueue(records[index], opaque: opaque, serveReadyReports: index % 64 == 63)
-            if code == RD_KAFKA_RESP_ERR_NO_ERROR {
-                index += 1
-                waitingSince = nil
-                continue
+            let code: rd_kafka_resp_err_t
+            let runEnd = endOfPlainRun(records, from: index)
+            if runEnd > index + 1 {
+                let (done, batchCode) = enqueueBatch(records, index..<runEnd, group: group)
+                index += done
+                code = batchCode
+                if code == RD_KAFKA_RESP_ERR_NO_ERROR || done > 0 { waitingSince = nil }
+                if code == RD_KAFKA_RESP_ERR_NO_ERROR { continue }
+            } else {
+                let opaque = UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index)))
+                code = enqueue(records[index], opaque: opaque, serveReadyReports: index % 64 == 63)
+                if code == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    index += 1
+                    waitingSince = nil
+                    continue
+                }
             }
             if code == RD_KAFKA_RESP_ERR__QUEUE_FULL {
                 let start = waitingSince ?? .now
@@ -117,6 +127,73 @@ public final class KafkaProducer: Sendable {
     public func close(flushTimeout: Duration = .seconds(30)) async {
         await withCheckedContinuation { continuation in
             context.requestClose(flushTimeout: flushTimeout, waiter: continuation)
+        }
+    }
+
+    /// Records and key and value bytes per `rd_kafka_produce_batch` call at most.
+    private static let batchLimit = (records: 256, bytes: 64 << 10)
+
+    /// The end of the run from `start` of records that `rd_kafka_produce_batch` can take: one
+    /// topic, no headers, no timestamp of their own, within `batchLimit`.
+    private func endOfPlainRun(_ records: [ProducerRecord], from start: Int) -> Int {
+        let topic = records[start].topic
+        var end = start
+        var bytes = 0
+        while end < records.count, end - start < Self.batchLimit.records {
+            let record = records[end]
+            guard record.headers.isEmpty, record.timestampMilliseconds == nil, record.topic == topic else { break }
+            bytes += (record.key?.count ?? 0) + (record.value?.count ?? 0)
+            guard bytes <= Self.batchLimit.bytes || end == start else { break }
+            end += 1
+        }
+        return end
+    }
+
+    /// Enqueues `range` by one `rd_kafka_produce_batch` call, which takes the topic's lock and
+    /// reads the clock once for the run instead of once per record, then serves delivery reports
+    /// that are already there. Keys and values are copied into a buffer for the call (librdkafka
+    /// copies them again before it returns). Records refused for another reason than a full
+    /// queue are failed in the group. Returns how many records from the start of `range` are
+    /// done, and `QUEUE_FULL` when a full queue stopped the call there.
+    private func enqueueBatch(_ records: [ProducerRecord], _ range: Range<Int>, group: UInt64) -> (done: Int, code: rd_kafka_resp_err_t) {
+        guard context.beginUsingHandle() else { return (0, RD_KAFKA_RESP_ERR__DESTROY) }
+        defer { context.endUsingHandle() }
+        guard let topic = rd_kafka_topic_new(handle.pointer, records[range.lowerBound].topic, nil) else {
+            return (0, rd_kafka_last_error())
+        }
+        defer { rd_kafka_topic_destroy(topic) }
+        let byteCount = range.reduce(0) { $0 + (records[$1].key?.count ?? 0) + (records[$1].value?.count ?? 0) }
+        return withUnsafeTemporaryAllocation(byteCount: max(byteCount, 1), alignment: 8) { bytes in
+            withUnsafeTemporaryAllocation(of: rd_kafka_message_t.self, capacity: range.count) { messages in
+                var offset = 0
+                func copyIn(_ array: [UInt8]?) -> (UnsafeMutableRawPointer?, Int) {
+                    guard let array else { return (nil, 0) }
+                    let destination = bytes.baseAddress! + offset
+                    array.withUnsafeBytes { source in
+                        if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: source.count) }
+                    }
+                    offset += array.count
+                    return (destination, array.count)
+                }
+                for (slot, index) in range.enumerated() {
+                    let (key, keyLength) = copyIn(records[index].key)
+                    let (value, valueLength) = copyIn(records[index].value)
+                    messages[slot] = rd_kafka_message_t(
+                        err: RD_KAFKA_RESP_ERR_NO_ERROR, rkt: nil, partition: records[index].partition ?? RD_KAFKA_PARTITION_UA,
+                        payload: value, len: valueLength, key: key, key_len: keyLength, offset: 0,
+                        _private: UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index))))
+                }
+                rd_kafka_produce_batch(topic, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_PARTITION, messages.baseAddress, Int32(range.count))
+                rd_kafka_poll(handle.pointer, 0)
+                for (slot, index) in range.enumerated() {
+                    let code = messages[slot].err
+                    if code == RD_KAFKA_RESP_ERR__QUEUE_FULL { return (slot, code) }
+                    if code != RD_KAFKA_RESP_ERR_NO_ERROR {
+                        context.fail(group: group, index: index, with: KafkaError(code: code, context: "enqueue to \(records[index].topic)", persistence: .notPersisted))
+                    }
+                }
+                return (range.count, RD_KAFKA_RESP_ERR_NO_ERROR)
+            }
         }
     }
 
