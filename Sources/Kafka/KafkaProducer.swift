@@ -80,9 +80,9 @@ public final class KafkaProducer: Sendable {
         var waitingSince: ContinuousClock.Instant?
         while index < records.count {
             let code: rd_kafka_resp_err_t
-            let runEnd = endOfPlainRun(records, from: index)
+            let (runEnd, runBytes) = endOfPlainRun(records, from: index)
             if runEnd > index + 1 {
-                let (done, batchCode) = enqueueBatch(records, index..<runEnd, group: group)
+                let (done, batchCode) = enqueueBatch(records, index..<runEnd, byteCount: runBytes, group: group)
                 index += done
                 code = batchCode
                 if code == RD_KAFKA_RESP_ERR_NO_ERROR || done > 0 { waitingSince = nil }
@@ -134,19 +134,21 @@ public final class KafkaProducer: Sendable {
     private static let batchLimit = (records: 256, bytes: 64 << 10)
 
     /// The end of the run from `start` of records that `rd_kafka_produce_batch` can take: one
-    /// topic, no headers, no timestamp of their own, within `batchLimit`.
-    private func endOfPlainRun(_ records: [ProducerRecord], from start: Int) -> Int {
+    /// topic, no headers, no timestamp of their own, within `batchLimit`; with the run's key and
+    /// value bytes.
+    private func endOfPlainRun(_ records: [ProducerRecord], from start: Int) -> (end: Int, bytes: Int) {
         let topic = records[start].topic
         var end = start
         var bytes = 0
         while end < records.count, end - start < Self.batchLimit.records {
             let record = records[end]
             guard record.headers.isEmpty, record.timestampMilliseconds == nil, record.topic == topic else { break }
-            bytes += (record.key?.count ?? 0) + (record.value?.count ?? 0)
-            guard bytes <= Self.batchLimit.bytes || end == start else { break }
+            let recordBytes = (record.key?.count ?? 0) + (record.value?.count ?? 0)
+            guard bytes + recordBytes <= Self.batchLimit.bytes || end == start else { break }
+            bytes += recordBytes
             end += 1
         }
-        return end
+        return (end, bytes)
     }
 
     /// Enqueues `range` by one `rd_kafka_produce_batch` call, which takes the topic's lock and
@@ -155,14 +157,15 @@ public final class KafkaProducer: Sendable {
     /// copies them again before it returns). Records refused for another reason than a full
     /// queue are failed in the group. Returns how many records from the start of `range` are
     /// done, and `QUEUE_FULL` when a full queue stopped the call there.
-    private func enqueueBatch(_ records: [ProducerRecord], _ range: Range<Int>, group: UInt64) -> (done: Int, code: rd_kafka_resp_err_t) {
+    private func enqueueBatch(
+        _ records: [ProducerRecord], _ range: Range<Int>, byteCount: Int, group: UInt64
+    ) -> (done: Int, code: rd_kafka_resp_err_t) {
         guard context.beginUsingHandle() else { return (0, RD_KAFKA_RESP_ERR__DESTROY) }
         defer { context.endUsingHandle() }
         guard let topic = rd_kafka_topic_new(handle.pointer, records[range.lowerBound].topic, nil) else {
             return (0, rd_kafka_last_error())
         }
         defer { rd_kafka_topic_destroy(topic) }
-        let byteCount = range.reduce(0) { $0 + (records[$1].key?.count ?? 0) + (records[$1].value?.count ?? 0) }
         return withUnsafeTemporaryAllocation(byteCount: max(byteCount, 1), alignment: 8) { bytes in
             withUnsafeTemporaryAllocation(of: rd_kafka_message_t.self, capacity: range.count) { messages in
                 var offset = 0
