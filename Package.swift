@@ -161,7 +161,8 @@ let package = Package(
                 "Metering", "UsageProcessing", "Events", "Sink", "Tenancy", "Declarations", "TallySDK", "Kafka", "Postgres", "LocalPostgres",
                 "TestSupport", "TallyCommand", .product(name: "Subprocess", package: "swift-subprocess"),
             ]),
-        .testTarget(name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand"]),
+        .testTarget(
+            name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
         .testTarget(name: "SinkTests", dependencies: ["Sink", "Tenancy", "Postgres", "LocalPostgres", "TestSupport", "TallyCommand"]),
         .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand"]),

@@ -15,17 +15,23 @@ class ClientContext: @unchecked Sendable {
 private let logCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Void = {
     rk, level, facility, message in
     guard let rk, let message else { return }
-    let context = ClientContext.from(rd_kafka_opaque(rk))
-    let swiftLevel: Logger.Level =
-        switch level {
-        case ...3: .error
-        case 4: .warning
-        case 5, 6: .info
-        default: .debug
-        }
-    context.logger.log(
-        level: swiftLevel, "\(String(cString: message))",
-        metadata: ["kafka.facility": "\(facility.map { String(cString: $0) } ?? "")"])
+    ClientContext.from(rd_kafka_opaque(rk)).log(level: level, facility: facility, message: message)
+}
+
+extension ClientContext {
+    /// Logs one librdkafka log line at the Swift level matching its syslog level.
+    func log(level: Int32, facility: UnsafePointer<CChar>?, message: UnsafePointer<CChar>) {
+        let swiftLevel: Logger.Level =
+            switch level {
+            case ...3: .error
+            case 4: .warning
+            case 5, 6: .info
+            default: .debug
+            }
+        logger.log(
+            level: swiftLevel, "\(String(cString: message))",
+            metadata: ["kafka.facility": "\(facility.map { String(cString: $0) } ?? "")"])
+    }
 }
 
 /// Creates an `rd_kafka_t`. `context` must outlive the handle; `configure` adds callbacks.

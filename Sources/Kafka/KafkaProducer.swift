@@ -39,31 +39,35 @@ public struct KafkaProducerConfiguration: Sendable {
 /// `send` enqueues records without blocking and suspends until the broker acknowledged each
 /// (with `acks=all`), reporting partition and offset. A full local queue is never a silent
 /// drop: `send` waits up to `enqueueTimeout` for room, then fails that record with `queueFull`.
-/// Delivery reports are served by a thread of the producer's own, never by the Swift pool.
+/// Delivery reports arrive as events, a produce response's records at a time, served by a
+/// thread of the producer's own (never by the Swift pool) and by senders between enqueues.
 /// Call `close()` when done: it flushes what is queued, then frees the client.
 public final class KafkaProducer: Sendable {
     private let context: ProducerContext
     private let handle: NativeHandle
+    /// The client's main queue: delivery reports, logs and errors.
+    private let mainQueue: NativeHandle
     private let enqueueTimeout: Duration
 
     public init(configuration: KafkaProducerConfiguration, logger: Logger = Logger(label: "tally.kafka.producer")) throws(KafkaError) {
         let context = ProducerContext(logger: logger)
         let handle = try makeNativeClient(type: RD_KAFKA_PRODUCER, configuration: configuration.kafka, context: context) {
-            rd_kafka_conf_set_dr_msg_cb($0, deliveryReportCallback)
+            rd_kafka_conf_set_events($0, Int32(RD_KAFKA_EVENT_DR))
         }
         self.context = context
         self.handle = NativeHandle(handle)
+        self.mainQueue = NativeHandle(rd_kafka_queue_get_main(handle))
         self.enqueueTimeout = configuration.enqueueTimeout
         // Made before the client's first metadata request goes out; destroyed with the client.
         let topicHandles = configuration.topics.compactMap { rd_kafka_topic_new(handle, $0, nil).map(NativeHandle.init) }
-        Thread.detachNewThread { [context, handle = self.handle] in
+        Thread.detachNewThread { [context, handle = self.handle, mainQueue] in
             nameCurrentThread("kafka-produce")
-            context.runPollLoop(handle.pointer, topicHandles: topicHandles.map(\.pointer))
+            context.runPollLoop(handle.pointer, mainQueue: mainQueue.pointer, topicHandles: topicHandles.map(\.pointer))
         }
     }
 
     deinit {
-        context.requestClose(flushTimeout: .seconds(30), waiter: nil)
+        context.requestClose(flushTimeout: .seconds(30), waiter: nil, wakingPollThreadOn: mainQueue.pointer)
     }
 
     /// Sends one record and returns its acknowledgement.
@@ -88,8 +92,7 @@ public final class KafkaProducer: Sendable {
                 if code == RD_KAFKA_RESP_ERR_NO_ERROR || done > 0 { waitingSince = nil }
                 if code == RD_KAFKA_RESP_ERR_NO_ERROR { continue }
             } else {
-                let opaque = UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index)))
-                code = enqueue(records[index], opaque: opaque, serveReadyReports: index % 64 == 63)
+                code = enqueue(records[index], opaque: DeliveryTag(group: group, index: index).opaque, serveReadyReports: index % 64 == 63)
                 if code == RD_KAFKA_RESP_ERR_NO_ERROR {
                     index += 1
                     waitingSince = nil
@@ -114,7 +117,8 @@ public final class KafkaProducer: Sendable {
         let outcomes = await context.outcomes(of: group)
         return records.indices.map { index in
             if let error = outcomes.errors[index] { return .failure(error) }
-            return .success(DeliveryReport(topic: records[index].topic, partition: outcomes.partitions[index], offset: outcomes.offsets[index]))
+            let outcome = outcomes.outcomes[index]
+            return .success(DeliveryReport(topic: records[index].topic, partition: outcome.partition, offset: outcome.offset))
         }
     }
 
@@ -126,7 +130,7 @@ public final class KafkaProducer: Sendable {
     /// Flushes for up to `flushTimeout`, fails whatever is still queued, and frees the client.
     public func close(flushTimeout: Duration = .seconds(30)) async {
         await withCheckedContinuation { continuation in
-            context.requestClose(flushTimeout: flushTimeout, waiter: continuation)
+            context.requestClose(flushTimeout: flushTimeout, waiter: continuation, wakingPollThreadOn: mainQueue.pointer)
         }
     }
 
@@ -184,10 +188,10 @@ public final class KafkaProducer: Sendable {
                     messages[slot] = rd_kafka_message_t(
                         err: RD_KAFKA_RESP_ERR_NO_ERROR, rkt: nil, partition: records[index].partition ?? RD_KAFKA_PARTITION_UA,
                         payload: value, len: valueLength, key: key, key_len: keyLength, offset: 0,
-                        _private: UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index))))
+                        _private: DeliveryTag(group: group, index: index).opaque)
                 }
                 rd_kafka_produce_batch(topic, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_PARTITION, messages.baseAddress, Int32(range.count))
-                rd_kafka_poll(handle.pointer, 0)
+                context.serveEvents(handle.pointer, mainQueue: mainQueue.pointer, timeoutMilliseconds: 0)
                 for (slot, index) in range.enumerated() {
                     let code = messages[slot].err
                     if code == RD_KAFKA_RESP_ERR__QUEUE_FULL { return (slot, code) }
@@ -226,7 +230,7 @@ public final class KafkaProducer: Sendable {
             }
         }
         if code != RD_KAFKA_RESP_ERR_NO_ERROR, let headers { rd_kafka_headers_destroy(headers) }
-        if serveReadyReports { rd_kafka_poll(handle.pointer, 0) }
+        if serveReadyReports { context.serveEvents(handle.pointer, mainQueue: mainQueue.pointer, timeoutMilliseconds: 0) }
         return code
     }
 }
@@ -242,60 +246,74 @@ struct NativeHandle: @unchecked Sendable {
     init(_ pointer: OpaquePointer) { self.pointer = pointer }
 }
 
-/// Runs on the poll thread once per record: it only files the outcome, so that one thread
-/// keeps up with librdkafka's delivery rate.
-private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = {
-    rk, message, opaque in
-    guard let rk, let message, let tag = message.pointee._private, let opaque else { return }
-    // The opaque is the producer's own context, passed unretained when the client was made.
-    let context = Unmanaged<ProducerContext>.fromOpaque(opaque).takeUnretainedValue()
-    let bits = UInt64(UInt(bitPattern: tag))
-    let (group, index) = (bits >> 32, Int(bits & 0xFFFF_FFFF))
-    let code = message.pointee.err
-    guard code != RD_KAFKA_RESP_ERR_NO_ERROR else {
-        context.deliver(group: group, index: index, partition: message.pointee.partition, offset: message.pointee.offset)
-        return
+/// What a record's opaque pointer carries to its delivery report: its `send` call's group and
+/// its index in that call.
+struct DeliveryTag {
+    let group: UInt64
+    let index: Int
+
+    init(group: UInt64, index: Int) {
+        (self.group, self.index) = (group, index)
     }
+
+    /// Reads a tag back; a record without one reads as group 0, which is never registered.
+    init(_ opaque: UnsafeMutableRawPointer?) {
+        let bits = UInt64(UInt(bitPattern: opaque))
+        (group, index) = (bits >> 32, Int(bits & 0xFFFF_FFFF))
+    }
+
+    var opaque: UnsafeMutableRawPointer? { UnsafeMutableRawPointer(bitPattern: UInt(group << 32 | UInt64(index))) }
+}
+
+/// The error a failed delivery report carries, with whether the record may still have been
+/// stored; a fatal error names librdkafka's underlying cause.
+private func deliveryError(of message: UnsafePointer<rd_kafka_message_t>, client rk: OpaquePointer?) -> KafkaError {
+    let code = message.pointee.err
     let persistence: PersistenceStatus =
         switch rd_kafka_message_status(message) {
         case RD_KAFKA_MSG_STATUS_PERSISTED: .persisted
         case RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED: .possiblyPersisted
         default: .notPersisted
         }
-    var error = KafkaError(code: code, context: "delivery", persistence: persistence)
+    let error = KafkaError(code: code, context: "delivery", persistence: persistence)
     if code == RD_KAFKA_RESP_ERR__FATAL {
         var reason = [CChar](repeating: 0, count: 512)
         let fatalCode = rd_kafka_fatal_error(rk, &reason, reason.count)
-        error = KafkaError(
+        return KafkaError(
             kind: .fatal, code: KafkaErrorCode(fatalCode), message: "fatal producer error: \(text(ofBuffer: reason))",
             persistence: persistence)
-    } else if error.kind == .broker || error.kind == .timedOut {
-        error = KafkaError(kind: .deliveryFailed, code: error.code, message: error.message, persistence: persistence)
     }
-    context.fail(group: group, index: index, with: error)
+    if error.kind == .broker || error.kind == .timedOut {
+        return KafkaError(kind: .deliveryFailed, code: error.code, message: error.message, persistence: persistence)
+    }
+    return error
 }
 
 /// The outcomes of one `send` call's records, filed by delivery reports. Guarded by the
 /// producer context's lock until complete, then owned by the sender alone.
 final class DeliveryGroup: @unchecked Sendable {
-    var partitions: [Int32]
-    var offsets: [Int64]
+    /// One record's outcome: where it was stored once acknowledged (-1 before), and whether it
+    /// is settled at all (a failed record is settled with its error in `errors`).
+    struct Outcome {
+        var partition: Int32 = -1
+        var offset: Int64 = -1
+        var settled = false
+    }
+
+    var outcomes: [Outcome]
     var errors: [Int: KafkaError] = [:]
-    var settled: [Bool]
     var remaining: Int
     var waiter: CheckedContinuation<DeliveryGroup, Never>?
 
     init(count: Int) {
-        partitions = Array(repeating: -1, count: count)
-        offsets = Array(repeating: -1, count: count)
-        settled = Array(repeating: false, count: count)
+        outcomes = Array(repeating: Outcome(), count: count)
         remaining = count
     }
 
     /// Fails every record still waiting.
     func failUnsettled(with error: KafkaError) {
-        for index in settled.indices where !settled[index] {
-            settled[index] = true
+        for index in outcomes.indices where !outcomes[index].settled {
+            outcomes[index].settled = true
             errors[index] = error
         }
         remaining = 0
@@ -350,28 +368,97 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         }
     }
 
-    func deliver(group id: UInt64, index: Int, partition: Int32, offset: Int64) {
-        settle(group: id, index: index) { group in
-            group.partitions[index] = partition
-            group.offsets[index] = offset
-        }
-    }
-
+    /// Fails one record of a group, unless it is settled already.
     func fail(group id: UInt64, index: Int, with error: KafkaError) {
-        settle(group: id, index: index) { $0.errors[index] = error }
-    }
-
-    private func settle(group id: UInt64, index: Int, _ record: (DeliveryGroup) -> Void) {
         let finished: (CheckedContinuation<DeliveryGroup, Never>, DeliveryGroup)? = state.withLock { state in
-            guard let group = state.groups[id], !group.settled[index] else { return nil }
-            group.settled[index] = true
-            record(group)
+            guard let group = state.groups[id], !group.outcomes[index].settled else { return nil }
+            group.outcomes[index].settled = true
+            group.errors[index] = error
             group.remaining -= 1
             guard group.remaining == 0, let waiter = group.waiter else { return nil }
             state.groups[id] = nil
             return (waiter, group)
         }
         if let (waiter, group) = finished { waiter.resume(returning: group) }
+    }
+
+    /// Serves the client's main queue: waits up to `timeoutMilliseconds` for the first event,
+    /// then takes whatever else is ready. Delivery reports are filed a produce response at a
+    /// time; logs and errors go to the logger.
+    func serveEvents(_ rk: OpaquePointer, mainQueue queue: OpaquePointer, timeoutMilliseconds: Int32) {
+        var timeout = timeoutMilliseconds
+        while let event = rd_kafka_queue_poll(queue, timeout) {
+            timeout = 0
+            switch rd_kafka_event_type(event) {
+            case RD_KAFKA_EVENT_DR:
+                fileDeliveryReports(of: event, client: rk)
+            case RD_KAFKA_EVENT_LOG:
+                var facility: UnsafePointer<CChar>?
+                var message: UnsafePointer<CChar>?
+                var level: Int32 = 0
+                if rd_kafka_event_log(event, &facility, &message, &level) == 0, let message {
+                    log(level: level, facility: facility, message: message)
+                }
+            case RD_KAFKA_EVENT_ERROR:
+                logger.error("\(rd_kafka_event_error_string(event).map { String(cString: $0) } ?? "unknown error")")
+            default:
+                break
+            }
+            rd_kafka_event_destroy(event)
+        }
+    }
+
+    /// Files the records of one delivery report event under one lock, and resumes the senders
+    /// whose every record is now settled.
+    private func fileDeliveryReports(of event: OpaquePointer, client rk: OpaquePointer) {
+        let batchSize = 1024
+        withUnsafeTemporaryAllocation(of: UnsafePointer<rd_kafka_message_t>?.self, capacity: batchSize) { messages in
+            var count = rd_kafka_event_message_array(event, messages.baseAddress, batchSize)
+            while count > 0 {
+                let finished = state.withLock { state in fileRuns(of: messages.prefix(count), in: &state, client: rk) }
+                for (waiter, group) in finished { waiter.resume(returning: group) }
+                count = count == batchSize ? rd_kafka_event_message_array(event, messages.baseAddress, batchSize) : 0
+            }
+        }
+    }
+
+    /// Files reports a run of one group's records at a time (a produce response holds runs of
+    /// records sent together), and returns the groups this completed with their waiters.
+    private func fileRuns(
+        of messages: Slice<UnsafeMutableBufferPointer<UnsafePointer<rd_kafka_message_t>?>>, in state: inout State, client rk: OpaquePointer
+    ) -> [(CheckedContinuation<DeliveryGroup, Never>, DeliveryGroup)] {
+        var finished: [(CheckedContinuation<DeliveryGroup, Never>, DeliveryGroup)] = []
+        var runStart = messages.startIndex
+        while runStart < messages.endIndex {
+            let id = DeliveryTag(messages[runStart]?.pointee._private).group
+            var runEnd = runStart + 1
+            while runEnd < messages.endIndex, DeliveryTag(messages[runEnd]?.pointee._private).group == id { runEnd += 1 }
+            defer { runStart = runEnd }
+            guard let group = state.groups[id] else { continue }
+            var failures: [(index: Int, error: KafkaError)] = []
+            let settledNow = group.outcomes.withUnsafeMutableBufferPointer { outcomes in
+                var settledNow = 0
+                for case let message? in messages[runStart..<runEnd] {
+                    let index = DeliveryTag(message.pointee._private).index
+                    guard !outcomes[index].settled else { continue }
+                    settledNow += 1
+                    guard message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                        outcomes[index].settled = true
+                        failures.append((index, deliveryError(of: message, client: rk)))
+                        continue
+                    }
+                    outcomes[index] = DeliveryGroup.Outcome(partition: message.pointee.partition, offset: message.pointee.offset, settled: true)
+                }
+                return settledNow
+            }
+            for (index, error) in failures { group.errors[index] = error }
+            group.remaining -= settledNow
+            if group.remaining == 0, let waiter = group.waiter {
+                state.groups[id] = nil
+                finished.append((waiter, group))
+            }
+        }
+        return finished
     }
 
     /// Waits until every record of the group is settled and hands the group over.
@@ -417,11 +504,16 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         }
     }
 
-    func requestClose(flushTimeout: Duration, waiter: CheckedContinuation<Void, Never>?) {
+    /// Asks the poll thread to shut down, waking it from its wait on `mainQueue`.
+    func requestClose(flushTimeout: Duration, waiter: CheckedContinuation<Void, Never>?, wakingPollThreadOn mainQueue: OpaquePointer) {
         closing.store(true, ordering: .sequentiallyConsistent)
         let alreadyClosed = state.withLock { state in
             if state.closed { return true }
-            if state.closeRequest == nil { state.closeRequest = flushTimeout }
+            if state.closeRequest == nil {
+                state.closeRequest = flushTimeout
+                // The poll thread destroys the queue only after it has seen this request.
+                rd_kafka_queue_yield(mainQueue)
+            }
             if let waiter { state.closeWaiters.append(waiter) }
             return false
         }
@@ -429,15 +521,15 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     }
 
     /// The body of the producer's poll thread; it owns `rk` until it destroys it.
-    /// `topicHandles` are destroyed with the client.
-    func runPollLoop(_ rk: OpaquePointer, topicHandles: [OpaquePointer]) {
+    /// `mainQueue` and `topicHandles` are destroyed with the client.
+    func runPollLoop(_ rk: OpaquePointer, mainQueue: OpaquePointer, topicHandles: [OpaquePointer]) {
         while true {
             let closeRequest = state.withLock { $0.closeRequest }
             if let flushTimeout = closeRequest {
-                shutDown(rk, flushTimeout: flushTimeout, topicHandles: topicHandles)
+                shutDown(rk, mainQueue: mainQueue, flushTimeout: flushTimeout, topicHandles: topicHandles)
                 return
             }
-            rd_kafka_poll(rk, 50)
+            serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 50)
             afterPollCycle(queueLength: rd_kafka_outq_len(rk))
         }
     }
@@ -468,19 +560,30 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         }
     }
 
-    private func shutDown(_ rk: OpaquePointer, flushTimeout: Duration, topicHandles: [OpaquePointer]) {
+    /// Serves the main queue until no record is outstanding or `deadline` passes; true when
+    /// none is left. (`rd_kafka_flush` only waits when reports come as events.)
+    private func drain(_ rk: OpaquePointer, mainQueue: OpaquePointer, deadline: ContinuousClock.Instant) -> Bool {
+        while rd_kafka_outq_len(rk) > 0 {
+            guard ContinuousClock.now < deadline else { return false }
+            serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 10)
+        }
+        return true
+    }
+
+    private func shutDown(_ rk: OpaquePointer, mainQueue: OpaquePointer, flushTimeout: Duration, topicHandles: [OpaquePointer]) {
         let spaceWaiters = state.withLock { state in
             defer { state.spaceWaiters.removeAll() }
             return state.spaceWaiters
         }
         spaceWaiters.forEach { $0.resume(returning: false) }
-        if rd_kafka_flush(rk, milliseconds(flushTimeout)) != RD_KAFKA_RESP_ERR_NO_ERROR {
+        if !drain(rk, mainQueue: mainQueue, deadline: .now + flushTimeout) {
             logger.warning("producer closing with \(rd_kafka_outq_len(rk)) undelivered records; failing them")
             rd_kafka_purge(rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
-            rd_kafka_flush(rk, 5_000)  // serves the purged records' delivery reports
+            _ = drain(rk, mainQueue: mainQueue, deadline: .now + .seconds(5))  // the purged records' reports
         }
         // `closing` is set, so no new caller enters; wait out those already inside librdkafka.
         while handleUsers.load(ordering: .sequentiallyConsistent) > 0 { Thread.sleep(forTimeInterval: 0.001) }
+        rd_kafka_queue_destroy(mainQueue)
         topicHandles.forEach(rd_kafka_topic_destroy)
         rd_kafka_destroy(rk)
         let closedError = KafkaError(kind: .closed, message: "producer closed before delivery", persistence: .possiblyPersisted)

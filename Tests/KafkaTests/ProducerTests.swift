@@ -1,4 +1,6 @@
 import Kafka
+import Logging
+import Synchronization
 import Testing
 
 /// Reads every record of a topic from the beginning, as a fresh group.
@@ -132,6 +134,32 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         #expect(second == DeliveryReport(topic: "reports", partition: 1, offset: 1))
     }
 
+    @Test func aRecordNoBrokerAcknowledgesFailsAsNotDeliveredAndTheClientsLogsReachTheLogger() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("unreachable", partitions: 1, replicationFactor: 1)
+        try cluster.setBrokerDown(1)
+        let logs = CapturedLogs()
+        var logger = Logger(label: "test.producer") { _ in logs }
+        logger.logLevel = .debug
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, properties: ["message.timeout.ms": "1500", "debug": "msg"], topics: ["unreachable"]),
+            logger: logger)
+        let results = await producer.send((0..<3).map { ProducerRecord(topic: "unreachable", key: nil, value: "\($0)") })
+        await producer.close()
+        for result in results {
+            guard case .failure(let error) = result else {
+                Issue.record("a record was acknowledged by a broker that is down: \(result)")
+                continue
+            }
+            #expect(error.kind == .deliveryFailed || error.kind == .timedOut)
+            #expect(error.persistence == .notPersisted)
+        }
+        // librdkafka's own log lines (here its message debug output) arrive through the producer.
+        #expect(logs.messages.contains { $0.contains("unreachable") })
+    }
+
     @Test func aFullQueueIsATypedErrorNeverASilentDrop() async throws {
         let (cluster, producer) = try boundedProducer(topic: "bounded", enqueueTimeout: .zero)
         defer { cluster.shutdown() }
@@ -203,5 +231,30 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         } throws: { error in
             (error as? KafkaError)?.kind == .configuration && "\(error)".contains("acks")
         }
+    }
+}
+
+/// A log handler that keeps every message, for tests that look at what was logged.
+final class CapturedLogs: LogHandler, Sendable {
+    private let lines = Mutex<[String]>([])
+    var messages: [String] { lines.withLock { $0 } }
+
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    var logLevel: Logger.Level {
+        get { .trace }
+        set {}
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+
+    func log(
+        level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt
+    ) {
+        lines.withLock { $0.append("\(message)") }
     }
 }
