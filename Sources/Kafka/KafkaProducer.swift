@@ -122,9 +122,10 @@ public final class KafkaProducer: Sendable {
         }
     }
 
-    /// Waits until every record enqueued so far is acknowledged or failed.
+    /// Sends what waits out `linger.ms` at once, and waits until every record enqueued so far
+    /// is acknowledged or failed.
     public func flush(timeout: Duration) async throws(KafkaError) {
-        try await context.waitForEmptyQueue(deadline: .now + timeout)
+        try await context.waitForEmptyQueue(deadline: .now + timeout, wakingPollThreadOn: mainQueue.pointer)
     }
 
     /// Flushes for up to `flushTimeout`, fails whatever is still queued, and frees the client.
@@ -489,12 +490,15 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         }
     }
 
-    func waitForEmptyQueue(deadline: ContinuousClock.Instant) async throws(KafkaError) {
+    /// Waits until no record is outstanding; the poll thread flushes while anyone waits here.
+    func waitForEmptyQueue(deadline: ContinuousClock.Instant, wakingPollThreadOn mainQueue: OpaquePointer) async throws(KafkaError) {
         do {
             try await withCheckedThrowingContinuation { continuation in
                 let closed = state.withLock { state in
                     if state.closed { return true }
                     state.flushWaiters.append(FlushWaiter(deadline: deadline, continuation: continuation))
+                    // Until a close request, the poll thread keeps the queue alive.
+                    if state.closeRequest == nil { rd_kafka_queue_yield(mainQueue) }
                     return false
                 }
                 if closed { continuation.resume() }
@@ -524,14 +528,26 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// `mainQueue` and `topicHandles` are destroyed with the client.
     func runPollLoop(_ rk: OpaquePointer, mainQueue: OpaquePointer, topicHandles: [OpaquePointer]) {
         while true {
-            let closeRequest = state.withLock { $0.closeRequest }
+            let (closeRequest, flushing) = state.withLock { ($0.closeRequest, !$0.flushWaiters.isEmpty) }
             if let flushTimeout = closeRequest {
                 shutDown(rk, mainQueue: mainQueue, flushTimeout: flushTimeout, topicHandles: topicHandles)
                 return
             }
-            serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 50)
+            if flushing {
+                flushCycle(rk, mainQueue: mainQueue)
+            } else {
+                serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 50)
+            }
             afterPollCycle(queueLength: rd_kafka_outq_len(rk))
         }
+    }
+
+    /// Serves what is ready; with records still outstanding, then holds librdkafka's flushing
+    /// mark for a few milliseconds, so that batches waiting out `linger.ms` go at once. (With
+    /// reports as events, `rd_kafka_flush` only marks and waits; it serves nothing.)
+    private func flushCycle(_ rk: OpaquePointer, mainQueue: OpaquePointer) {
+        serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 0)
+        if rd_kafka_outq_len(rk) > 0 { rd_kafka_flush(rk, 5) }
     }
 
     private func afterPollCycle(queueLength: Int32) {
@@ -560,12 +576,11 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         }
     }
 
-    /// Serves the main queue until no record is outstanding or `deadline` passes; true when
-    /// none is left. (`rd_kafka_flush` only waits when reports come as events.)
+    /// Flushes until no record is outstanding or `deadline` passes; true when none is left.
     private func drain(_ rk: OpaquePointer, mainQueue: OpaquePointer, deadline: ContinuousClock.Instant) -> Bool {
         while rd_kafka_outq_len(rk) > 0 {
             guard ContinuousClock.now < deadline else { return false }
-            serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 10)
+            flushCycle(rk, mainQueue: mainQueue)
         }
         return true
     }

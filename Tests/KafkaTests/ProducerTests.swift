@@ -160,6 +160,28 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         #expect(logs.messages.contains { $0.contains("unreachable") })
     }
 
+    @Test func flushSendsARecordThatWouldOtherwiseWaitOutALongLinger() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("lingering", partitions: 1, replicationFactor: 1)
+        // Unflushed, the record would wait five minutes before it is sent.
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, properties: ["linger.ms": "300000", "message.timeout.ms": "600000"],
+                enqueueTimeout: .zero, topics: ["lingering"]))
+        let acknowledged = Flag()
+        let sender = Task {
+            defer { acknowledged.set() }
+            return try await producer.send(ProducerRecord(topic: "lingering", key: nil, value: "x"))
+        }
+        // A flush that runs before the record is enqueued finds nothing to send, so flush until
+        // the record is acknowledged; one that waited out the linger would time out instead.
+        while !acknowledged.isSet { try await producer.flush(timeout: .seconds(60)) }
+        let report = try await sender.value
+        await producer.close()
+        #expect(report == DeliveryReport(topic: "lingering", partition: 0, offset: 0))
+    }
+
     @Test func aFullQueueIsATypedErrorNeverASilentDrop() async throws {
         let (cluster, producer) = try boundedProducer(topic: "bounded", enqueueTimeout: .zero)
         defer { cluster.shutdown() }
@@ -257,4 +279,11 @@ final class CapturedLogs: LogHandler, Sendable {
     ) {
         lines.withLock { $0.append("\(message)") }
     }
+}
+
+/// A flag one task sets and another reads.
+final class Flag: Sendable {
+    private let value = Atomic(false)
+    var isSet: Bool { value.load(ordering: .acquiring) }
+    func set() { value.store(true, ordering: .releasing) }
 }
