@@ -140,8 +140,7 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         try cluster.createTopic("unreachable", partitions: 1, replicationFactor: 1)
         try cluster.setBrokerDown(1)
         let logs = CapturedLogs()
-        var logger = Logger(label: "test.producer") { _ in logs }
-        logger.logLevel = .debug
+        let logger = Logger(label: "test.producer") { _ in logs }
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(
                 bootstrapServers: cluster.bootstrapServers, properties: ["message.timeout.ms": "1500", "debug": "msg"], topics: ["unreachable"]),
@@ -168,7 +167,7 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(
                 bootstrapServers: cluster.bootstrapServers, properties: ["linger.ms": "300000", "message.timeout.ms": "600000"],
-                enqueueTimeout: .zero, topics: ["lingering"]))
+                topics: ["lingering"]))
         let acknowledged = Flag()
         let sender = Task {
             defer { acknowledged.set() }
@@ -256,7 +255,7 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
     }
 }
 
-/// A log handler that keeps every message, for tests that look at what was logged.
+/// A log handler that keeps every message at every level, for tests that look at what was logged.
 final class CapturedLogs: LogHandler, Sendable {
     private let lines = Mutex<[String]>([])
     var messages: [String] { lines.withLock { $0 } }
