@@ -247,9 +247,12 @@ struct NativeHandle: @unchecked Sendable {
     init(_ pointer: OpaquePointer) { self.pointer = pointer }
 }
 
-/// What a record's opaque pointer carries to its delivery report: its `send` call's group and
-/// its index in that call.
+/// What a record's opaque pointer carries to its delivery report: its `send` call's group (the
+/// upper 32 bits) and its index in that call (the lower 32).
 struct DeliveryTag {
+    /// The group id to use after `id`: ids run from 1 to `UInt32.max`, then start again at 1.
+    static func group(after id: UInt64) -> UInt64 { id >= UInt64(UInt32.max) ? 1 : id + 1 }
+
     let group: UInt64
     let index: Int
 
@@ -268,7 +271,7 @@ struct DeliveryTag {
 
 /// The error a failed delivery report carries, with whether the record may still have been
 /// stored; a fatal error names librdkafka's underlying cause.
-private func deliveryError(of message: UnsafePointer<rd_kafka_message_t>, client rk: OpaquePointer?) -> KafkaError {
+private func deliveryError(of message: UnsafePointer<rd_kafka_message_t>, client rk: OpaquePointer) -> KafkaError {
     let code = message.pointee.err
     let persistence: PersistenceStatus =
         switch rd_kafka_message_status(message) {
@@ -362,8 +365,10 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
 
     func registerGroup(count: Int) -> UInt64 {
         state.withLock { state in
-            let id = state.nextGroup
-            state.nextGroup += 1
+            // Ids wrap after 2^32 - 1 calls; a call still waiting keeps its id.
+            var id = state.nextGroup
+            while state.groups[id] != nil { id = DeliveryTag.group(after: id) }
+            state.nextGroup = DeliveryTag.group(after: id)
             state.groups[id] = DeliveryGroup(count: count)
             return id
         }

@@ -1,4 +1,4 @@
-import Kafka
+@testable import Kafka
 import Logging
 import Synchronization
 import Testing
@@ -179,6 +179,16 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         let report = try await sender.value
         await producer.close()
         #expect(report == DeliveryReport(topic: "lingering", partition: 0, offset: 0))
+    }
+
+    @Test func deliveryTagsKeepGroupAndIndexApartAndGroupIdsWrapWithinTheirBits() {
+        let largest = DeliveryTag(group: UInt64(UInt32.max), index: Int(UInt32.max))
+        let read = DeliveryTag(largest.opaque)
+        #expect(read.group == UInt64(UInt32.max) && read.index == Int(UInt32.max))
+        // After 2^32 - 1 send calls the id starts again at 1 instead of spilling out of its bits.
+        #expect(DeliveryTag.group(after: UInt64(UInt32.max)) == 1)
+        #expect(DeliveryTag.group(after: 41) == 42)
+        #expect(DeliveryTag(nil).group == 0)
     }
 
     @Test func aFullQueueIsATypedErrorNeverASilentDrop() async throws {
