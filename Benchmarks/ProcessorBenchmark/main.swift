@@ -34,14 +34,23 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "The processor's --max-batch.")
     var maxBatch = 5_000
 
+    @Option(help: "The processor's --commit-lanes.")
+    var commitLanes = 2
+
     @Option(help: "The processor's --fold-interval-ms.")
     var foldIntervalMs = 1_000
 
     @Option(help: "Postgres shared_buffers, e.g. 1GB; the server's default (128MB) when not given.")
     var sharedBuffers: String?
 
+    @Flag(help: "Load pg_stat_statements and print the statements that took the most Postgres time.")
+    var statementStats = false
+
     @Option(help: "Events per second in the lag run; 0 skips it.")
     var lagRate = 10_000
+
+    @Option(help: "Milliseconds between the lag run's produce calls (each sends rate × step events).")
+    var lagStepMs = 10
 
     @Option(help: "Seconds of the lag run.")
     var lagSeconds = 30
@@ -52,7 +61,9 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         try cluster.createTopic("events", partitions: 12, replicationFactor: 3)
         try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 3)
         print("starting a throwaway Postgres (fsync off) …")
-        let server = try await LocalPostgresServer.start(durable: false, settings: sharedBuffers.map { ["shared_buffers = '\($0)'"] } ?? [])
+        var settings = sharedBuffers.map { ["shared_buffers = '\($0)'"] } ?? []
+        if statementStats { settings += ["shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = all"] }
+        let server = try await LocalPostgresServer.start(durable: false, settings: settings)
         do {
             try await measure(cluster: cluster, server: server)
         } catch {
@@ -107,6 +118,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         }
         await admin.close()
 
+        if statementStats { try await resetStatementStats(server: server) }
         print("running tally process usage over the pre-filled topic …")
         let (seconds, lags, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
             let start = ContinuousClock.now
@@ -114,12 +126,20 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             let seconds = Self.seconds(since: start)
             var lags: [Double] = []
             if lagRate > 0 {
+                // The lag run starts from a steady state: the catch-up's deferred fold done.
+                try await waitForFoldedLog(server: server)
                 print("lag run: \(lagRate) events/s for \(lagSeconds) s …")
+                let mockCPUBefore = Self.threadCPUSeconds(named: "rdk:mock")
                 lags = try await lagRun(producer: producer, tenants: tenantIDs, server: server, alreadyCommitted: events)
+                // librdkafka's mock finds a fetch's records by walking the partition's message
+                // sets from the oldest (`rd_kafka_mock_msgset_find`, "FIXME: Maintain an index"),
+                // so its CPU grows with every small produce request the run adds.
+                print(String(format: "mock broker thread CPU during the lag run: %.1f s", Self.threadCPUSeconds(named: "rdk:mock") - mockCPUBefore))
             }
             return (seconds, lags, Self.peakRSS(of: pid))
         }
         await producer.close()
+        if statementStats { try await printStatementStats(server: server) }
         print("\n| run | events | seconds | events/s | processor peak RSS |")
         print("|---|---:|---:|---:|---:|")
         print("| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(peakRSS / 1024) MiB |")
@@ -129,6 +149,13 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         print("\n| produce rate | events | lag p50 | lag p99 | lag max |")
         print("|---:|---:|---:|---:|---:|")
         print("| \(lagRate)/s | \(sorted.count) | \(String(format: "%.0f", percentile(0.5))) ms | \(String(format: "%.0f", percentile(0.99))) ms | \(String(format: "%.0f", sorted.last! * 1000)) ms |")
+        // Lags are in produce order: a steady run has the same p99 in every slice.
+        let slice = lagRate * 5
+        let slices = stride(from: 0, to: lags.count, by: slice).map { start in
+            let part = lags[start..<min(start + slice, lags.count)].sorted()
+            return String(format: "%.0f", part[min(part.count - 1, Int(Double(part.count) * 0.99))] * 1000)
+        }
+        print("\nlag p99 per 5 s of the run, ms: \(slices.joined(separator: ", "))")
     }
 
     private static func record(number: Int, tenants: [TenantID], subjects: Int, time: EventTime) -> ProducerRecord {
@@ -139,12 +166,12 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         return ProducerRecord(topic: "events", key: Array(tenant.rawValue.utf8), value: event.jsonBytes(), timestampMilliseconds: time.millisecondsSinceEpoch)
     }
 
-    /// Produces at `lagRate` in 10 ms steps, notes when each step was acknowledged, and when
+    /// Produces at `lagRate` in steps of `lagStepMs`, notes when each step was acknowledged, and when
     /// the Sink's offsets covered it; returns each event's lag in seconds.
     private func lagRun(producer: KafkaProducer, tenants: [TenantID], server: LocalPostgresServer, alreadyCommitted: Int) async throws -> [Double] {
         let acknowledged = AcknowledgementLog()
         let total = lagRate * lagSeconds
-        let perStep = max(1, lagRate / 100)
+        let perStep = max(1, lagRate * lagStepMs / 1000)
         let (lagRate, events, subjects) = (lagRate, events, subjects)
         let producing = Task {
             let start = ContinuousClock.now
@@ -193,7 +220,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             .path(FilePath(tally)),
             arguments: [
                 "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants",
-                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--fold-interval-ms", String(foldIntervalMs), "--log-level", "warning",
+                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--log-level", "warning",
             ],
             input: .none, output: .discarded, error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
         ) { execution in
@@ -219,6 +246,54 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(50))
         }
         await db.close()
+    }
+
+    private func resetStatementStats(server: LocalPostgresServer) async throws {
+        let db = try await PostgresConnection.connect(server.connectionString)
+        try await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        _ = try await db.query("SELECT pg_stat_statements_reset()")
+        await db.close()
+    }
+
+    /// The statements of the processor's run by total execution time, with time per call and row.
+    private func printStatementStats(server: LocalPostgresServer) async throws {
+        let db = try await PostgresConnection.connect(server.connectionString)
+        let rows = try await db.query(
+            """
+            SELECT round(total_exec_time)::bigint AS total_ms, calls, rows,
+                   round((1000 * total_exec_time / greatest(rows, 1))::numeric, 1)::text AS us_per_row,
+                   left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS query
+            FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 12
+            """)
+        await db.close()
+        print("\n| Postgres ms | calls | rows | µs per row | statement |")
+        print("|---:|---:|---:|---:|---|")
+        for row in rows {
+            print("| \(try row.int64("total_ms") ?? 0) | \(try row.int64("calls") ?? 0) | \(try row.int64("rows") ?? 0) | \(try row.string("us_per_row") ?? "") | `\(try row.string("query") ?? "")` |")
+        }
+    }
+
+    private func waitForFoldedLog(server: LocalPostgresServer) async throws {
+        print("waiting for the processor to fold the usage log …")
+        let db = try await PostgresConnection.connect(server.connectionString)
+        while try await db.query("SELECT EXISTS (SELECT 1 FROM tally.usage_log) AS pending")[0].bool("pending") == true {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        await db.close()
+    }
+
+    /// CPU seconds (user and system) of this process's threads with the name `name`.
+    private static func threadCPUSeconds(named name: String) -> Double {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        let ticks = tasks.reduce(0) { total, task in
+            guard let stat = try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8),
+                stat.contains("(\(name))"), let end = stat.lastIndex(of: ")")
+            else { return total }
+            // After the name: state is field 3, utime and stime are fields 14 and 15.
+            let fields = stat[stat.index(after: end)...].split(separator: " ")
+            return total + (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+        }
+        return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     /// VmHWM of a process, in KiB.

@@ -49,7 +49,7 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
         case .pipelinedUpserts: try upsertUsagePipelined(Array(deltas.values), db)
         }
     }
-    if !stats.isEmpty { try addStats(stats, db) }
+    if !stats.isEmpty { try appendStatsToLog(stats, db) }
     if !batch.rejections.isEmpty { try recordRejections(batch.rejections, db) }
 }
 
@@ -180,10 +180,23 @@ private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter)
 }
 
 /// Moves every delta in the usage log into the keyed usage tables: merged per window first,
-/// then upserted with the same merge as a commit's, in one statement. Returns the number of
-/// log rows moved.
+/// then upserted with the same merge as a commit's, in one statement; then the stats log into
+/// the event stats the same way. Returns the number of usage log rows moved.
 func foldUsageLog(_ db: isolated PostgresConnection) throws -> Int64 {
     try db.query(
+        """
+        WITH moved AS (
+            DELETE FROM tally.event_stats_log RETURNING *
+        )
+        INSERT INTO tally.event_stats AS s (tenant, day, counted, deduplicated, late, rejected)
+        SELECT tenant, date '1970-01-01' + epoch_day, sum(counted), sum(deduplicated), sum(late), sum(rejected)
+        FROM moved
+        GROUP BY tenant, epoch_day
+        ON CONFLICT (tenant, day) DO UPDATE SET
+            counted = s.counted + EXCLUDED.counted, deduplicated = s.deduplicated + EXCLUDED.deduplicated,
+            late = s.late + EXCLUDED.late, rejected = s.rejected + EXCLUDED.rejected, updated_at = now()
+        """)
+    return try db.query(
         """
         WITH moved AS (
             DELETE FROM tally.usage_log RETURNING *
@@ -261,18 +274,17 @@ private func upsertUsagePipelined(_ rows: [UsageRow], _ db: isolated PostgresCon
         })
 }
 
-private func addStats(_ stats: [StatsKey: EventStats], _ db: isolated PostgresConnection) throws {
-    try db.pipeline(
-        """
-        INSERT INTO tally.event_stats AS s (tenant, day, counted, deduplicated, late, rejected)
-        VALUES ($1, date '1970-01-01' + $2::integer, $3, $4, $5, $6)
-        ON CONFLICT (tenant, day) DO UPDATE SET
-            counted = s.counted + EXCLUDED.counted, deduplicated = s.deduplicated + EXCLUDED.deduplicated,
-            late = s.late + EXCLUDED.late, rejected = s.rejected + EXCLUDED.rejected, updated_at = now()
-        """,
-        parameterSets: stats.sorted { ($0.key.tenant, $0.key.day) < ($1.key.tenant, $1.key.day) }.map { key, counts in
-            [.text(key.tenant.rawValue), .int32(key.day), .int64(counts.counted), .int64(counts.deduplicated), .int64(counts.late), .int64(counts.rejected)]
-        })
+/// Appends the batch's stats per tenant-day to the stats log, folded with the usage log.
+private func appendStatsToLog(_ stats: [StatsKey: EventStats], _ db: isolated PostgresConnection) throws {
+    try db.copy(into: "tally.event_stats_log", columns: ["tenant", "epoch_day", "counted", "deduplicated", "late", "rejected"], rows: stats) {
+        entry, fields in
+        fields.append(entry.key.tenant.rawValue)
+        fields.append(Int64(entry.key.day))
+        fields.append(entry.value.counted)
+        fields.append(entry.value.deduplicated)
+        fields.append(entry.value.late)
+        fields.append(entry.value.rejected)
+    }
 }
 
 private func recordRejections(_ rejections: [RejectedInput], _ db: isolated PostgresConnection) throws {

@@ -166,6 +166,35 @@ enum SinkSchema {
             GROUP BY tenant, meter, subject, window_size, window_start, group_key;
             """
         ),
+        (
+            5,
+            """
+            -- Per-commit event stats not yet folded into tally.event_stats, appended without a
+            -- key like the usage log (an upsert per tenant-day was a commit's costliest part at
+            -- small batches); folded together with the usage log.
+            -- `epoch_day` is the UTC day as days since 1970-01-01.
+            CREATE TABLE tally.event_stats_log (
+                tenant       text NOT NULL,
+                epoch_day    integer NOT NULL,
+                counted      bigint NOT NULL,
+                deduplicated bigint NOT NULL,
+                late         bigint NOT NULL,
+                rejected     bigint NOT NULL,
+                committed_at timestamptz NOT NULL DEFAULT now()
+            );
+            -- Every tenant-day as readers see it: the folded row plus the stats still in the log.
+            CREATE VIEW tally.event_stats_current AS
+            SELECT tenant, day, sum(counted)::bigint AS counted, sum(deduplicated)::bigint AS deduplicated, sum(late)::bigint AS late,
+                   sum(rejected)::bigint AS rejected, max(updated_at) AS updated_at,
+                   sum(counted + deduplicated + late + rejected)::bigint AS received
+            FROM (
+                SELECT tenant, day, counted, deduplicated, late, rejected, updated_at FROM tally.event_stats
+                UNION ALL
+                SELECT tenant, date '1970-01-01' + epoch_day, counted, deduplicated, late, rejected, committed_at FROM tally.event_stats_log
+            ) AS deltas
+            GROUP BY tenant, day;
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a
@@ -191,6 +220,16 @@ enum SinkSchema {
                 SELECT tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count,
                        first_event_at, last_event_at, updated_at
                 FROM tally.usage_current WHERE tenant = {tenant};
+            """
+        ),
+        (
+            4,
+            """
+            -- Likewise `event_stats` becomes a view adding the stats not folded yet.
+            ALTER TABLE {schema}.event_stats RENAME TO event_stats_folded;
+            CREATE VIEW {schema}.event_stats WITH (security_barrier) AS
+                SELECT tenant, day, counted, deduplicated, late, rejected, updated_at, received
+                FROM tally.event_stats_current WHERE tenant = {tenant};
             """
         ),
     ]

@@ -190,9 +190,10 @@ public final class SinkStore: Sendable {
         }
     }
 
-    /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`);
-    /// what readers see does not change. One fold runs at a time across all processes: a call
-    /// that finds another folding returns 0 at once. Returns the number of log rows folded.
+    /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`),
+    /// and the event stats log into the event stats; what readers see does not change. One fold
+    /// runs at a time across all processes: a call that finds another folding returns 0 at once.
+    /// Returns the number of usage log rows folded.
     @discardableResult
     public func foldUsageLog() async throws(SinkError) -> Int64 {
         try await run { db in

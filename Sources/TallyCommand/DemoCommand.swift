@@ -136,7 +136,7 @@ struct DemoCommand: AsyncParsableCommand {
     private func report(_ sent: DemoSetup.Sent, postgres: LocalPostgresServer) async throws {
         let db = try await PostgresConnection.connect(postgres.connectionString)
         let stats = try await db.query(
-            "SELECT count(DISTINCT tenant) AS tenants, sum(counted)::bigint AS counted, sum(deduplicated)::bigint AS repeats FROM tally.event_stats")[0]
+            "SELECT count(DISTINCT tenant) AS tenants, sum(counted)::bigint AS counted, sum(deduplicated)::bigint AS repeats FROM tally.event_stats_current")[0]
         let requests = try await db.query("SELECT sum(value)::bigint AS n FROM tally.usage_current WHERE meter = 'requests' AND window_size = 'day'")[0]
         let sample = try await db.query(
             """

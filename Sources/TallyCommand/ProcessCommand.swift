@@ -47,19 +47,26 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Days event identities are kept for deduplication.")
         var dedupeDays = 32
 
-        @Option(help: "Most records per committed batch.")
+        @Option(help: "Most records per poll; each commit lane commits its share of a poll as one batch.")
         var maxBatch = 5_000
+
+        @Option(help: "Postgres connections committing batches side by side, each for its share of the partitions.")
+        var commitLanes = 2
 
         @Option(name: .customLong("fold-interval-ms"), help: "Milliseconds between folds of the usage log into the keyed usage tables.")
         var foldIntervalMilliseconds = 1_000
+
+        @Option(help: "Most seconds a fold waits while the processor catches up on a backlog.")
+        var foldDeferralSeconds = 30
 
         @Option(help: "Seconds without a heartbeat before the group gives a member's partitions to the others.")
         var sessionTimeout = 45
 
         func validate() throws {
             guard graceDays > 0, dedupeDays >= graceDays else { throw ValidationError("--grace-days must be positive and at most --dedupe-days") }
-            guard maxBatch > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0 else {
-                throw ValidationError("--max-batch, --session-timeout and --fold-interval-ms must be positive")
+            guard maxBatch > 0, commitLanes > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, foldDeferralSeconds >= 0 else {
+                throw ValidationError(
+                    "--max-batch, --commit-lanes, --session-timeout and --fold-interval-ms must be positive, --fold-deferral-seconds not negative")
             }
         }
 
@@ -71,8 +78,10 @@ struct ProcessCommand: AsyncParsableCommand {
             configuration.grace = .seconds(graceDays * 86_400)
             configuration.dedupeHorizon = .seconds(dedupeDays * 86_400)
             configuration.maximumBatch = maxBatch
+            configuration.commitLanes = commitLanes
             configuration.foldInterval = .milliseconds(foldIntervalMilliseconds)
-            configuration.consumerProperties = ["session.timeout.ms": String(sessionTimeout * 1000)]
+            configuration.foldDeferralLimit = .seconds(foldDeferralSeconds)
+            configuration.consumerProperties["session.timeout.ms"] = String(sessionTimeout * 1000)
             let lastLine = Mutex(ContinuousClock.now - .seconds(1))
             let processor = UsageProcessor(
                 configuration: configuration, sink: SinkStore(conninfo: postgres), calculator: try loadCalculator(), logger: logger

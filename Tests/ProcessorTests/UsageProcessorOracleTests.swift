@@ -133,25 +133,19 @@ import Testing
         return epoch
     }
 
-    /// Every usage row, stat and dead letter equals the oracle's: the usage readers see, and
-    /// the keyed usage tables once the usage log is folded into them.
+    /// Every usage row, stat and dead letter equals the oracle's: the usage and stats readers
+    /// see, and the keyed tables once the logs are folded into them.
     func compare(_ world: World) async throws {
         let db = try await PostgresConnection.connect(world.server.connectionString)
         try await compareUsage(in: "tally.usage_current", world, db)
+        try await compareStats(in: "tally.event_stats_current", world, db)
         let sink = SinkStore(conninfo: world.server.connectionString)
         try await sink.foldUsageLog()
         await sink.close()
         #expect(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") == 0)
+        #expect(try await db.query("SELECT count(*) AS n FROM tally.event_stats_log")[0].int64("n") == 0)
         try await compareUsage(in: "tally.usage", world, db)
-
-        let stats = try await db.query(
-            "SELECT tenant, sum(counted)::bigint AS c, sum(deduplicated)::bigint AS d, sum(late)::bigint AS l, sum(rejected)::bigint AS r FROM tally.event_stats GROUP BY tenant")
-        var storedStats: [String: UsageOracle.Stats] = [:]
-        for row in stats {
-            storedStats[try row.string("tenant")!] = UsageOracle.Stats(
-                counted: try row.int64("c")!, deduplicated: try row.int64("d")!, late: try row.int64("l")!, rejected: try row.int64("r")!)
-        }
-        #expect(storedStats == world.oracle.stats)
+        try await compareStats(in: "tally.event_stats", world, db)
         await db.close()
         // Dead letters are delivered at least once (a processor killed between sending them and
         // committing sends them again); their original position identifies repeats.
@@ -167,6 +161,17 @@ import Testing
     }
 
     /// The usage rows of `relation` equal the oracle's windows.
+    func compareStats(in table: String, _ world: World, _ db: PostgresConnection) async throws {
+        let stats = try await db.query(
+            "SELECT tenant, sum(counted)::bigint AS c, sum(deduplicated)::bigint AS d, sum(late)::bigint AS l, sum(rejected)::bigint AS r FROM \(table) GROUP BY tenant")
+        var storedStats: [String: UsageOracle.Stats] = [:]
+        for row in stats {
+            storedStats[try row.string("tenant")!] = UsageOracle.Stats(
+                counted: try row.int64("c")!, deduplicated: try row.int64("d")!, late: try row.int64("l")!, rejected: try row.int64("r")!)
+        }
+        #expect(storedStats == world.oracle.stats, "\(table)")
+    }
+
     func compareUsage(in relation: String, _ world: World, _ db: PostgresConnection) async throws {
         let rows = try await db.query(
             """

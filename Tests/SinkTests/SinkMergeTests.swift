@@ -77,13 +77,18 @@ import Testing
                 consumerGroup: "usage", positions: [:], events: [try event("e2"), try event("e3")],
                 rejections: [RejectedInput(tenant: acme, kind: .invalid, time: Self.hour, partition: partition, offset: 9, reason: "malformed body")]))
             #expect(try await db.query("SELECT value::text AS v FROM tenant_acme.usage")[0].string("v") == "4", "e1, e2, e1 from /other, e3")
-            let stats = try await db.query("SELECT received, counted, deduplicated, late, rejected FROM tenant_acme.event_stats")
-            #expect(stats.count == 1)
-            #expect(try stats[0].int64("received") == 8)
-            #expect(try stats[0].int64("counted") == 4)
-            #expect(try stats[0].int64("deduplicated") == 2)
-            #expect(try stats[0].int64("late") == 1)
-            #expect(try stats[0].int64("rejected") == 1)
+            // The same before the stats log is folded (three commits' rows) and after.
+            for folded in [false, true] {
+                if folded { try await sink.foldUsageLog() }
+                let stats = try await db.query("SELECT received, counted, deduplicated, late, rejected FROM tenant_acme.event_stats")
+                #expect(stats.count == 1)
+                #expect(try stats[0].int64("received") == 8)
+                #expect(try stats[0].int64("counted") == 4)
+                #expect(try stats[0].int64("deduplicated") == 2)
+                #expect(try stats[0].int64("late") == 1)
+                #expect(try stats[0].int64("rejected") == 1)
+                #expect(try await db.query("SELECT count(*) AS n FROM tally.event_stats_log")[0].int64("n") == (folded ? 0 : 2))
+            }
             let reasons = try await db.query("SELECT kind, meter, reason FROM tenant_acme.rejections ORDER BY record_offset").map { try $0.string("kind")! }
             #expect(reasons == ["meter", "late", "invalid"])
             // Past the horizon, identities are forgotten.

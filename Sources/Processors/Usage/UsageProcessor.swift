@@ -18,13 +18,23 @@ public struct UsageProcessorConfiguration: Sendable {
     public var grace: Duration = .seconds(7 * 86_400)
     /// How long event identities are kept for deduplication.
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
-    /// Most records per committed batch.
+    /// Most records per poll; a poll's records commit as one batch per commit lane.
     public var maximumBatch = 5_000
+    /// Sink connections committing at once. Each owns the partitions whose number modulo
+    /// this count is its index, so a partition's batches still commit one at a time, in order.
+    public var commitLanes = 2
     /// How often the processor folds the Sink's usage log into the keyed usage tables (on a
     /// connection of its own); readers see the same values either way.
     public var foldInterval: Duration = .seconds(1)
-    /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`.
-    public var consumerProperties: [String: String] = [:]
+    /// While the processor is catching up (its polls return full batches), folds wait, so
+    /// the commits have the machine to themselves, but never longer than this since the last
+    /// fold: the log stays bounded under sustained load.
+    public var foldDeferralLimit: Duration = .seconds(30)
+    /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`. By default a
+    /// fetch that finds no records waits at most 100 ms (librdkafka's default is 500 ms; a
+    /// broker that does not answer early on new records, like librdkafka's mock cluster, adds
+    /// that wait to the lag of the next records).
+    public var consumerProperties: [String: String] = ["fetch.wait.max.ms": "100"]
 
     public init(bootstrapServers: String) {
         self.bootstrapServers = bootstrapServers
@@ -42,6 +52,8 @@ public final class UsageProcessor: Sendable {
     private let calculator: Mutex<UsageCalculator>
     private let logger: Logger
     private let progress: @Sendable (ProcessorProgress) -> Void
+    /// Whether the last poll returned a full batch: records are waiting.
+    private let catchingUp = Atomic<Bool>(false)
 
     public init(
         configuration: UsageProcessorConfiguration, sink: SinkStore, calculator: UsageCalculator, logger: Logger = Logger(label: "tally.usage"),
@@ -71,46 +83,68 @@ public final class UsageProcessor: Sendable {
             bootstrapServers: configuration.bootstrapServers, enqueueTimeout: .seconds(30), topics: [configuration.deadLetterTopic])
         let deadLetters = try KafkaProducer(configuration: producerConfiguration, logger: logger)
         let folding = sink.withOwnConnection()
-        do {
-            try await consumer.subscribe([configuration.topic])
-            async let folder: Void = foldContinuously(folding)
-            try await process(consumer, ownership: ownership, deadLetters: deadLetters)
-            await folder
-        } catch {
+        let lanes = [sink] + (1..<max(1, configuration.commitLanes)).map { _ in sink.withOwnConnection() }
+        func closeAll() async {
             await consumer.close()
             await deadLetters.close()
             await folding.close()
+            for lane in lanes.dropFirst() { await lane.close() }
+        }
+        do {
+            try await consumer.subscribe([configuration.topic])
+            async let folder: Void = foldContinuously(folding)
+            try await process(consumer, ownership: ownership, deadLetters: deadLetters, lanes: lanes)
+            await folder
+        } catch {
+            await closeAll()
             throw error
         }
-        await consumer.close()
-        await deadLetters.close()
-        await folding.close()
+        await closeAll()
     }
 
-    /// Folds the usage log every `foldInterval` until the task is cancelled.
+    /// Folds the usage log every `foldInterval`, deferred while catching up (up to
+    /// `foldDeferralLimit`), until the task is cancelled.
     private func foldContinuously(_ store: SinkStore) async {
+        var lastFold = ContinuousClock.now
         while !Task.isCancelled {
-            do { try await store.foldUsageLog() } catch { logger.warning("could not fold the usage log: \(error)") }
+            if !catchingUp.load(ordering: .relaxed) || lastFold.duration(to: .now) >= configuration.foldDeferralLimit {
+                lastFold = .now
+                do { try await store.foldUsageLog() } catch { logger.warning("could not fold the usage log: \(error)") }
+            }
             try? await Task.sleep(for: configuration.foldInterval)
         }
     }
 
-    private func process(_ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer) async throws {
+    /// Polls and prepares the next batches while the previous ones commit, so the processor's
+    /// own work overlaps Postgres's; the batches of a poll commit side by side, one per lane.
+    private func process(_ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes: [SinkStore]) async throws {
         var totals = ProcessorProgress()
         var lastForget = ContinuousClock.now - .seconds(3600)
+        var committing: [Int: (batch: PreparedBatch, commit: Task<Bool, Never>)] = [:]
+        defer { for (_, commit) in committing.values { commit.cancel() } }
         while !Task.isCancelled {
             let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
-            if !records.isEmpty {
-                let batch = prepare(records, ownership: ownership)
-                try await sendDeadLetters(batch.deadLetters, with: deadLetters)
-                if await commitWithRetry(batch.sink) {
+            catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
+            var next = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
+            try await sendDeadLetters(next.values.flatMap(\.deadLetters), with: deadLetters)
+            var fenced: Set<LogPartition> = []
+            for (lane, (batch, commit)) in committing {
+                if await Self.value(of: commit) {
                     totals.add(batch)
-                    progress(totals)
                 } else {
-                    // Fenced: another member owns a partition now. Read again from what the
-                    // Sink holds for what this member still owns.
-                    try await rewind(consumer, ownership: ownership, partitions: Array(batch.sink.positions.keys))
+                    // Another member owns a partition now: the lane's next batch, read after
+                    // the fenced one, goes too, and its partitions are read again from what
+                    // the Sink holds, where this member still owns them.
+                    fenced.formUnion(batch.sink.positions.keys)
+                    if let dropped = next.removeValue(forKey: lane) { fenced.formUnion(dropped.sink.positions.keys) }
                 }
+            }
+            if !committing.isEmpty { progress(totals) }
+            committing = [:]
+            if !fenced.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(fenced)) }
+            for (lane, batch) in next {
+                let (sinkBatch, store) = (batch.sink, lanes[lane])
+                committing[lane] = (batch, Task { await commitWithRetry(sinkBatch, to: store) })
             }
             if lastForget.duration(to: .now) > .seconds(600) {
                 lastForget = .now
@@ -118,6 +152,12 @@ public final class UsageProcessor: Sendable {
                 do { try await sink.forgetEvents(before: cutoff) } catch { logger.warning("could not prune event identities: \(error)") }
             }
         }
+        for (_, commit) in committing.values { _ = await Self.value(of: commit) }
+    }
+
+    /// Waits for a commit; cancelling the wait cancels the commit's retries.
+    private static func value(of commit: Task<Bool, Never>) async -> Bool {
+        await withTaskCancellationHandler { await commit.value } onCancel: { commit.cancel() }
     }
 
     /// One polled batch, ready to commit.
@@ -216,11 +256,11 @@ public final class UsageProcessor: Sendable {
     }
 
     /// Commits, retrying with backoff while Postgres is unreachable. False when fenced.
-    private func commitWithRetry(_ batch: SinkBatch) async -> Bool {
+    private func commitWithRetry(_ batch: SinkBatch, to store: SinkStore) async -> Bool {
         var delay: Duration = .milliseconds(100)
         while true {
             do {
-                try await sink.commit(batch)
+                try await store.commit(batch)
                 return true
             } catch {
                 if case .fenced = error {
