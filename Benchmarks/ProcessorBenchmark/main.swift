@@ -40,6 +40,9 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "The processor's --fold-interval-ms.")
     var foldIntervalMs = 1_000
 
+    @Option(help: "The processor's --fold-deferral-seconds.")
+    var foldDeferralSeconds = 30
+
     @Option(help: "Postgres shared_buffers, e.g. 1GB; the server's default (128MB) when not given.")
     var sharedBuffers: String?
 
@@ -135,6 +138,8 @@ struct ProcessorBenchmark: AsyncParsableCommand {
                 // sets from the oldest (`rd_kafka_mock_msgset_find`, "FIXME: Maintain an index"),
                 // so its CPU grows with every small produce request the run adds.
                 print(String(format: "mock broker thread CPU during the lag run: %.1f s", Self.threadCPUSeconds(named: "rdk:mock") - mockCPUBefore))
+                // Whether folding kept up: a log that grows through the run would not be sustainable.
+                print("usage log rows not folded at the end of the lag run: \(try await Self.usageLogRows(server: server))")
             }
             return (seconds, lags, Self.peakRSS(of: pid))
         }
@@ -220,7 +225,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             .path(FilePath(tally)),
             arguments: [
                 "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants",
-                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--log-level", "warning",
+                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--fold-deferral-seconds", String(foldDeferralSeconds), "--log-level", "warning",
             ],
             input: .none, output: .discarded, error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
         ) { execution in
@@ -271,6 +276,13 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         for row in rows {
             print("| \(try row.int64("total_ms") ?? 0) | \(try row.int64("calls") ?? 0) | \(try row.int64("rows") ?? 0) | \(try row.string("us_per_row") ?? "") | `\(try row.string("query") ?? "")` |")
         }
+    }
+
+    private static func usageLogRows(server: LocalPostgresServer) async throws -> Int64 {
+        let db = try await PostgresConnection.connect(server.connectionString)
+        let rows = try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") ?? 0
+        await db.close()
+        return rows
     }
 
     private func waitForFoldedLog(server: LocalPostgresServer) async throws {
