@@ -28,7 +28,7 @@ public struct UsageProcessorConfiguration: Sendable {
     public var foldInterval: Duration = .seconds(1)
     /// While the processor is catching up (its polls return full batches), folds wait, so
     /// the commits have the machine to themselves, but never longer than this since the last
-    /// fold: the log stays bounded under sustained load.
+    /// fold, so folding goes on under sustained load.
     public var foldDeferralLimit: Duration = .seconds(30)
     /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`. By default a
     /// fetch that finds no records waits at most 100 ms (librdkafka's default is 500 ms; a
