@@ -53,7 +53,7 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Postgres connections committing batches side by side, each for its share of the partitions.")
         var commitLanes = 2
 
-        @Option(name: .customLong("fold-interval-ms"), help: "Milliseconds between folds of the usage log into the keyed usage tables.")
+        @Option(name: .customLong("fold-interval-ms"), help: "Milliseconds between folds of the usage and stats logs into the keyed tables.")
         var foldIntervalMilliseconds = 1_000
 
         @Option(help: "Most seconds a fold waits while the processor catches up on a backlog.")

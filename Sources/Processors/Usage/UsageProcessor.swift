@@ -23,8 +23,8 @@ public struct UsageProcessorConfiguration: Sendable {
     /// Sink connections committing at once. Each owns the partitions whose number modulo
     /// this count is its index, so a partition's batches still commit one at a time, in order.
     public var commitLanes = 2
-    /// How often the processor folds the Sink's usage log into the keyed usage tables (on a
-    /// connection of its own); readers see the same values either way.
+    /// How often the processor folds the Sink's usage and stats logs into the keyed tables (on
+    /// a connection of its own); readers see the same values either way.
     public var foldInterval: Duration = .seconds(1)
     /// While the processor is catching up (its polls return full batches), folds wait, so
     /// the commits have the machine to themselves, but never longer than this since the last
@@ -102,7 +102,7 @@ public final class UsageProcessor: Sendable {
         await closeAll()
     }
 
-    /// Folds the usage log every `foldInterval`, deferred while catching up (up to
+    /// Folds the Sink's logs every `foldInterval`, deferred while catching up (up to
     /// `foldDeferralLimit`), until the task is cancelled.
     private func foldContinuously(_ store: SinkStore) async {
         var lastFold = ContinuousClock.now
