@@ -43,6 +43,9 @@ func makeNativeClient(
 ) throws(KafkaError) -> OpaquePointer {
     var configuration = configuration
     configuration["log.queue"] = logsOnMainQueue ? "true" : "false"
+    // librdkafka's default from 2.10 on; with Nagle's algorithm on, a request written while an
+    // earlier one on the connection waits for its ACK can wait for the broker's delayed ACK.
+    if configuration["socket.nagle.disable"] == nil { configuration["socket.nagle.disable"] = "true" }
     let conf = try configuration.makeNativeConfiguration()
     rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(context).toOpaque())
     rd_kafka_conf_set_log_cb(conf, logCallback)

@@ -1,6 +1,8 @@
 import CRdKafka
 
-/// librdkafka configuration properties (`bootstrap.servers`, `acks`, …), applied as given.
+/// librdkafka configuration properties (`bootstrap.servers`, `acks`, …), applied as given,
+/// except that every client turns Nagle's algorithm off (`socket.nagle.disable=true`, the
+/// default of later librdkafka releases) unless the properties say otherwise.
 ///
 /// Everything Tally needs to run against a real cluster is an ordinary property here; the
 /// embedded mock cluster only supplies a different `bootstrap.servers`.

@@ -26,9 +26,13 @@ public final class MockCluster: Sendable {
 
     public init(brokers: Int32 = 3, logger: Logger = Logger(label: "tally.kafka.mock")) throws(KafkaError) {
         let context = ClientContext(logger: logger)
-        // A handle only to own the cluster; it never produces.
+        // A handle only to own the cluster; it never produces. The mock brokers' connections
+        // take their socket options from its configuration: Nagle's algorithm off, as a Kafka
+        // broker has it (with it on, a response written while the previous one waited for its
+        // ACK waited for the client's delayed ACK, ~40 ms, so pipelined requests took that long).
         let owner = try makeNativeClient(
-            type: RD_KAFKA_PRODUCER, configuration: KafkaConfiguration(bootstrapServers: "", properties: ["log_level": "3"]),
+            type: RD_KAFKA_PRODUCER,
+            configuration: KafkaConfiguration(bootstrapServers: "", properties: ["log_level": "3", "socket.nagle.disable": "true"]),
             context: context,
             logsOnMainQueue: false)
         guard let cluster = rd_kafka_mock_cluster_new(owner, Int32(brokers)) else {
