@@ -15,6 +15,7 @@ long tally_c_produce_loop(const char *bootstrap_servers, const char *topic, long
     static const char *settings[][2] = {
         {"enable.idempotence", "true"}, {"acks", "all"}, {"linger.ms", "5"},
         {"message.timeout.ms", "120000"}, {"queue.buffering.max.messages", "100000"},
+        {"socket.nagle.disable", "true"},
     };
     char error[512];
     long delivered = 0;
@@ -30,12 +31,16 @@ long tally_c_produce_loop(const char *bootstrap_servers, const char *topic, long
         rd_kafka_conf_destroy(conf);
         return -1;
     }
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     char *value = malloc(value_size);
     memset(value, 'x', value_size);
-    char key[32];
+    // Keys made once, as the Swift contender makes them once.
+    char (*keys)[32] = malloc(sizeof *keys * (size_t)key_count);
+    int *key_lengths = malloc(sizeof *key_lengths * (size_t)key_count);
+    for (int k = 0; k < key_count; k++) key_lengths[k] = snprintf(keys[k], sizeof keys[k], "tenant_%d", k);
     for (long i = 0; i < count; i++) {
-        int key_length = snprintf(key, sizeof key, "tenant_%d", (int)(i % key_count));
-        while (rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, (size_t)key_length),
+        int k = (int)(i % key_count);
+        while (rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(keys[k], (size_t)key_lengths[k]),
                                  RD_KAFKA_V_VALUE(value, value_size),
                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                  RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
@@ -44,7 +49,10 @@ long tally_c_produce_loop(const char *bootstrap_servers, const char *topic, long
         rd_kafka_poll(rk, 0);
     }
     rd_kafka_flush(rk, 120000);
+    free(keys);
+    free(key_lengths);
     free(value);
+    rd_kafka_topic_destroy(rkt);
     rd_kafka_destroy(rk);
     return delivered;
 }

@@ -160,7 +160,7 @@ struct ProducerBenchmark: AsyncParsableCommand {
             process.executableURL = URL(fileURLWithPath: kcat)
             process.arguments = [
                 "-P", "-b", bootstrap, "-t", topic, "-K", ":", "-X", "enable.idempotence=true", "-X", "acks=all",
-                "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=100000", "-l", kcatInput,
+                "-X", "linger.ms=5", "-X", "queue.buffering.max.messages=100000", "-X", "socket.nagle.disable=true", "-l", kcatInput,
             ]
         } else {
             process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
