@@ -160,7 +160,7 @@ import Testing
         #expect(deadLetters.allSatisfy { ["late", "invalid"].contains($0.header("tally.error.class") ?? "") && $0.header("tally.original.offset") != nil })
     }
 
-    /// The usage rows of `relation` equal the oracle's windows.
+    /// The event stats of `table`, summed per tenant, equal the oracle's.
     func compareStats(in table: String, _ world: World, _ db: PostgresConnection) async throws {
         let stats = try await db.query(
             "SELECT tenant, sum(counted)::bigint AS c, sum(deduplicated)::bigint AS d, sum(late)::bigint AS l, sum(rejected)::bigint AS r FROM \(table) GROUP BY tenant")
@@ -172,6 +172,7 @@ import Testing
         #expect(storedStats == world.oracle.stats, "\(table)")
     }
 
+    /// The usage rows of `relation` equal the oracle's windows.
     func compareUsage(in relation: String, _ world: World, _ db: PostgresConnection) async throws {
         let rows = try await db.query(
             """
