@@ -8,9 +8,11 @@ public enum SinkWriteMethod: Sendable {
     /// `COPY` into the unindexed usage log, which `SinkStore.foldUsageLog` later merges into
     /// the keyed usage tables; readers see both merged.
     case loggedDeltas
-    /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`.
+    /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`. Writes
+    /// (and locks) one partition per tenant of the batch.
     case stagedUpsert
-    /// One prepared `INSERT … ON CONFLICT` per row, sent in libpq pipeline mode.
+    /// One prepared `INSERT … ON CONFLICT` per row, sent in libpq pipeline mode. Writes (and
+    /// locks) one partition per tenant of the batch.
     case pipelinedUpserts
 }
 
@@ -81,7 +83,7 @@ private func recordEventIdentities(_ events: [CountedEvent], _ db: isolated Post
     }
     let inserted = try db.query(
         """
-        INSERT INTO tally.seen_events (tenant, source, event_id, event_time)
+        INSERT INTO tally.event_identities (tenant, source, event_id, event_time)
         SELECT tenant, source, event_id, 'epoch'::timestamptz + event_time_us * interval '1 microsecond' FROM sink_events
         ON CONFLICT DO NOTHING
         RETURNING tenant, source, event_id
@@ -113,7 +115,7 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
         })
     let inserted = try db.query(
         """
-        INSERT INTO tally.usage_distinct (tenant, meter, subject, window_size, window_start, group_key, value_key)
+        INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
         SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key, value_key
         FROM sink_distinct
         ON CONFLICT DO NOTHING
@@ -179,14 +181,18 @@ private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter)
     fields.append(microseconds(row.lastEventAt))
 }
 
-/// Moves every delta in the usage log into the keyed usage tables: merged per window first,
-/// then upserted with the same merge as a commit's, in one statement; then the stats log into
-/// the event stats the same way. Returns the number of usage log rows moved.
-func foldUsageLog(_ db: isolated PostgresConnection) throws -> Int64 {
+/// Moves the deltas of `tenants` (all when nil) in the usage log into the keyed usage tables:
+/// merged per window first, then upserted with the same merge as a commit's, in one statement;
+/// then their stats log rows into the event stats the same way. Returns the number of usage
+/// log rows moved.
+func foldUsageLog(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
+    // Validated tenant ids hold no commas.
+    let selection = tenants.map { _ in "WHERE tenant = ANY(string_to_array($1, ','))" } ?? ""
+    let parameters = tenants.map { [PostgresParameter.text($0.map(\.rawValue).joined(separator: ","))] } ?? []
     try db.query(
         """
         WITH moved AS (
-            DELETE FROM tally.event_stats_log RETURNING *
+            DELETE FROM tally.event_stats_log \(selection) RETURNING *
         )
         INSERT INTO tally.event_stats AS s (tenant, day, counted, deduplicated, late, rejected)
         SELECT tenant, date '1970-01-01' + epoch_day, sum(counted), sum(deduplicated), sum(late), sum(rejected)
@@ -195,11 +201,11 @@ func foldUsageLog(_ db: isolated PostgresConnection) throws -> Int64 {
         ON CONFLICT (tenant, day) DO UPDATE SET
             counted = s.counted + EXCLUDED.counted, deduplicated = s.deduplicated + EXCLUDED.deduplicated,
             late = s.late + EXCLUDED.late, rejected = s.rejected + EXCLUDED.rejected, updated_at = now()
-        """)
+        """, parameters)
     return try db.query(
         """
         WITH moved AS (
-            DELETE FROM tally.usage_log RETURNING *
+            DELETE FROM tally.usage_log \(selection) RETURNING *
         ), merged AS (
             SELECT tenant, meter, subject, window_size, window_start_us, group_key, min(aggregation) AS aggregation,
                    CASE min(aggregation)
@@ -222,7 +228,14 @@ func foldUsageLog(_ db: isolated PostgresConnection) throws -> Int64 {
             \(usageMerge)
         )
         SELECT count(*) AS n FROM moved
-        """)[0].int64("n") ?? 0
+        """, parameters)[0].int64("n") ?? 0
+}
+
+/// The tenants with rows in the usage or stats log.
+func tenantsInLogs(_ db: isolated PostgresConnection) throws -> [TenantID] {
+    try db.query("SELECT tenant FROM tally.usage_log UNION SELECT tenant FROM tally.event_stats_log ORDER BY tenant").map { row in
+        do { return try TenantID(try row.string("tenant") ?? "") } catch { throw SinkError.invalidTenant("\(error)") }
+    }
 }
 
 /// Stages the deltas with COPY, then upserts them all in one statement; Postgres routes each
@@ -289,7 +302,7 @@ private func appendStatsToLog(_ stats: [StatsKey: EventStats], _ db: isolated Po
 
 private func recordRejections(_ rejections: [RejectedInput], _ db: isolated PostgresConnection) throws {
     try db.copy(
-        into: "tally.rejections",
+        into: "tally.rejected_inputs",
         columns: ["tenant", "kind", "meter", "source", "event_id", "event_time", "topic", "partition", "record_offset", "reason"],
         rows: rejections.lazy.map { rejection in
             [

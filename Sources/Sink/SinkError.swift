@@ -16,6 +16,12 @@ public enum SinkError: Error, Sendable, Equatable, CustomStringConvertible {
         if case .database(let error) = self { error.kind == .connection } else { false }
     }
 
+    /// Postgres's lock table is full (SQLSTATE 53200, "out of shared memory"): the
+    /// transaction locked more tables than `max_locks_per_transaction` provides for.
+    public var isOutOfLocks: Bool {
+        if case .database(let error) = self { error.sqlState == "53200" } else { false }
+    }
+
     public var description: String {
         switch self {
         case .invalidTenant(let reason): reason

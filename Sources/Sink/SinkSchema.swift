@@ -195,6 +195,47 @@ enum SinkSchema {
             GROUP BY tenant, day;
             """
         ),
+        (
+            6,
+            """
+            -- A commit writes no tenant partition: Postgres locks every partition a transaction
+            -- writes, in one lock table shared by all sessions, and a batch over a few thousand
+            -- tenants ran out of it ("out of shared memory"). Event identities, distinct values
+            -- and rejections are kept in these keyed tables instead; tenant migration 5 moves
+            -- each tenant's rows here and gives the tenant views of them.
+            CREATE TABLE tally.event_identities (
+                tenant     text NOT NULL,
+                source     text NOT NULL,
+                event_id   text NOT NULL,
+                event_time timestamptz NOT NULL,
+                PRIMARY KEY (tenant, source, event_id)
+            );
+            CREATE TABLE tally.distinct_values (
+                tenant       text NOT NULL,
+                meter        text NOT NULL,
+                subject      text NOT NULL,
+                window_size  text NOT NULL,
+                window_start timestamptz NOT NULL,
+                group_key    text NOT NULL,
+                value_key    text NOT NULL,
+                PRIMARY KEY (tenant, meter, window_size, window_start, subject, group_key, value_key)
+            );
+            CREATE TABLE tally.rejected_inputs (
+                tenant        text NOT NULL,
+                kind          text NOT NULL CHECK (kind IN ('late', 'invalid', 'meter')),
+                meter         text NOT NULL,
+                source        text NOT NULL,
+                event_id      text NOT NULL,
+                event_time    timestamptz NOT NULL,
+                topic         text NOT NULL,
+                partition     integer NOT NULL,
+                record_offset bigint NOT NULL,
+                reason        text NOT NULL,
+                recorded_at   timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX rejected_inputs_tenant ON tally.rejected_inputs (tenant);
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a
@@ -230,6 +271,32 @@ enum SinkSchema {
             CREATE VIEW {schema}.event_stats WITH (security_barrier) AS
                 SELECT tenant, day, counted, deduplicated, late, rejected, updated_at, received
                 FROM tally.event_stats_current WHERE tenant = {tenant};
+            """
+        ),
+        (
+            5,
+            """
+            -- The tenant's identities, distinct values and rejections move to the keyed control
+            -- tables (control migration 6); its tables become views of its rows there.
+            INSERT INTO tally.event_identities (tenant, source, event_id, event_time)
+                SELECT tenant, source, event_id, event_time FROM {schema}.seen_events;
+            DROP TABLE {schema}.seen_events;
+            CREATE VIEW {schema}.seen_events WITH (security_barrier) AS
+                SELECT tenant, source, event_id, event_time FROM tally.event_identities WHERE tenant = {tenant};
+            INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
+                SELECT tenant, meter, subject, window_size, window_start, group_key, value_key FROM {schema}.usage_distinct;
+            DROP TABLE {schema}.usage_distinct;
+            CREATE VIEW {schema}.usage_distinct WITH (security_barrier) AS
+                SELECT tenant, meter, subject, window_size, window_start, group_key, value_key
+                FROM tally.distinct_values WHERE tenant = {tenant};
+            INSERT INTO tally.rejected_inputs
+                (tenant, kind, meter, source, event_id, event_time, topic, partition, record_offset, reason, recorded_at)
+                SELECT tenant, kind, meter, source, event_id, event_time, topic, partition, record_offset, reason, recorded_at
+                FROM {schema}.rejections;
+            DROP TABLE {schema}.rejections;
+            CREATE VIEW {schema}.rejections WITH (security_barrier) AS
+                SELECT tenant, kind, meter, source, event_id, event_time, topic, partition, record_offset, reason, recorded_at
+                FROM tally.rejected_inputs WHERE tenant = {tenant};
             """
         ),
     ]

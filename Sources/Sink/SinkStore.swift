@@ -192,14 +192,36 @@ public final class SinkStore: Sendable {
 
     /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`),
     /// and the event stats log into the event stats; what readers see does not change. One fold
-    /// runs at a time across all processes: a call that finds another folding returns 0 at once.
+    /// runs at a time across all processes: a call that finds another folding returns at once.
     /// Returns the number of usage log rows folded.
+    ///
+    /// A fold writes every tenant partition it folds into, and Postgres locks each in a lock
+    /// table of limited size; when that runs out ("out of shared memory"), the fold goes on
+    /// in transactions of half as many tenants, down to one tenant a transaction.
     @discardableResult
     public func foldUsageLog() async throws(SinkError) -> Int64 {
-        try await run { db in
-            guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return 0 }
-            return try Sink.foldUsageLog(db)
-        }
+        var folded: Int64 = 0
+        var pending: ArraySlice<TenantID>?  // nil: every tenant in one transaction
+        var chunkSize = Int.max
+        repeat {
+            let chunk = pending.map { Array($0.prefix(chunkSize)) }
+            do {
+                let moved = try await run { db -> Int64? in
+                    guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
+                    return try Sink.foldUsageLog(tenants: chunk, db)
+                }
+                guard let moved else { return folded }  // another process is folding
+                folded += moved
+                pending = pending?.dropFirst(chunk?.count ?? 0) ?? []
+            } catch let error where error.isOutOfLocks {
+                let tenants: ArraySlice<TenantID>
+                if let pending { tenants = pending } else { tenants = ArraySlice(try await run { db in try tenantsInLogs(db) }) }
+                guard tenants.count > 1, chunkSize > 1 else { throw error }
+                chunkSize = min(chunkSize, tenants.count) / 2
+                pending = tenants
+            }
+        } while pending?.isEmpty == false
+        return folded
     }
 
     /// Forgets counted event identities older than `cutoff`: duplicates of older events are
@@ -208,7 +230,7 @@ public final class SinkStore: Sendable {
     public func forgetEvents(before cutoff: Date) async throws(SinkError) -> Int64 {
         try await run { db in
             try db.query(
-                "WITH gone AS (DELETE FROM tally.seen_events WHERE event_time < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
+                "WITH gone AS (DELETE FROM tally.event_identities WHERE event_time < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
                 [.timestamptz(cutoff)])[0].int64("n") ?? 0
         }
     }

@@ -39,7 +39,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await sink.ensureTenant(try TenantID("acme"))  // a second sight changes nothing
             #expect(try await sink.tenants() == [try TenantID("acme")])
             #expect(try await count("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'tenant_acme' AND table_name = 'usage'", db) == 1)
-            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 4)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 5)
             #expect(try await count("SELECT count(*) AS n FROM pg_roles WHERE rolname = 'tally_reader_acme' AND NOT rolcanlogin", db) == 1)
         }
     }
@@ -229,12 +229,16 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await sink.foldUsageLog()
             #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1, "folded")
             #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage_folded")[0].int64("n") == 1)
-            #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.event_stats")[0].int64("n") == 0, "readable, no events yet")
+            for table in ["event_stats", "rejections", "seen_events", "usage_distinct"] {
+                #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.\(table)")[0].int64("n") == 0, "readable, nothing yet")
+            }
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("globex", subject: "pending")]))
             for forbidden in [
                 "SELECT * FROM tenant_globex.usage", "SELECT * FROM tenant_globex.usage_folded", "SELECT * FROM tally.usage_log",
                 "SELECT * FROM tally.usage_current", "SELECT * FROM tally.usage", "SELECT * FROM tally.offsets", "SELECT * FROM tally.tenants",
                 "SELECT * FROM tenant_globex.event_stats", "SELECT * FROM tally.event_stats_log", "SELECT * FROM tally.event_stats_current",
+                "SELECT * FROM tenant_globex.rejections", "SELECT * FROM tenant_globex.seen_events", "SELECT * FROM tenant_globex.usage_distinct",
+                "SELECT * FROM tally.rejected_inputs", "SELECT * FROM tally.event_identities", "SELECT * FROM tally.distinct_values",
             ] {
                 await #expect {
                     try await reader.query(forbidden)
