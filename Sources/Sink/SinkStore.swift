@@ -90,6 +90,25 @@ public final class SinkStore: Sendable {
         readyTenants.withLock { _ = $0.insert(tenant) }
     }
 
+    /// `ensureTenant` for each of `tenants`, with one query for all that are at the latest
+    /// version already (a processor's first batches name hundreds of tenants).
+    private func ensureTenants(_ tenants: Set<TenantID>) async throws(SinkError) {
+        let unknown = readyTenants.withLock { ready in tenants.subtracting(ready) }
+        guard !unknown.isEmpty else { return }
+        if unknown.count > 1 {
+            // A tenant's version is raised in the transaction of its migrations: one at the
+            // latest version needs nothing. Validated tenant ids hold no commas.
+            let current = try await run { db in
+                try db.query(
+                    "SELECT tenant_id FROM tally.tenants WHERE tenant_id = ANY(string_to_array($1, ',')) AND schema_version >= $2",
+                    [.text(unknown.map(\.rawValue).joined(separator: ",")), .int32(Int32(SinkSchema.latestTenantVersion))]
+                ).map { try $0.string("tenant_id") ?? "" }
+            }.reduce(into: Set<String>()) { $0.insert($1) }
+            readyTenants.withLock { ready in ready.formUnion(unknown.filter { current.contains($0.rawValue) }) }
+        }
+        for tenant in unknown.sorted() { try await ensureTenant(tenant) }
+    }
+
     /// Brings every registered tenant's schema to the latest version, `parallelism` at a time,
     /// reporting each finished tenant. Returns the tenants that failed, with their errors.
     public func migrateAllTenants(
@@ -178,8 +197,7 @@ public final class SinkStore: Sendable {
     /// current one fails the whole batch as `fenced`; any other failure also leaves nothing
     /// behind.
     public func commit(_ batch: SinkBatch) async throws(SinkError) {
-        let tenants = Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant))
-        for tenant in tenants.sorted() { try await ensureTenant(tenant) }
+        try await ensureTenants(Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant)))
         do {
             try await apply(batch)
         } catch let error where error.isConnectionLoss {
