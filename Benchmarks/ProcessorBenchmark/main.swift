@@ -123,10 +123,13 @@ struct ProcessorBenchmark: AsyncParsableCommand {
 
         if statementStats { try await resetStatementStats(server: server) }
         print("running tally process usage over the pre-filled topic …")
-        let (seconds, lags, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
+        let (seconds, sustained, processorCPU, lags, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
             let start = ContinuousClock.now
-            try await waitForCommitted(events, server: server) { committed in print("committed \(committed)/\(events)") }
+            let firstCommit = try await waitForCommitted(events, server: server) { committed in print("committed \(committed)/\(events)") }
             let seconds = Self.seconds(since: start)
+            let processorCPU = Self.cpuSeconds(of: pid)
+            // Nil when the first commit seen covered everything already.
+            let sustained = firstCommit.committed < events ? Double(events - firstCommit.committed) / Self.seconds(since: firstCommit.seen) : nil
             var lags: [Double] = []
             if lagRate > 0 {
                 // The lag run starts from a steady state: the catch-up's deferred fold done.
@@ -141,13 +144,14 @@ struct ProcessorBenchmark: AsyncParsableCommand {
                 // Whether folding kept up: a log that grows through the run would not be sustainable.
                 print("usage log rows not folded at the end of the lag run: \(try await Self.usageLogRows(server: server))")
             }
-            return (seconds, lags, Self.peakRSS(of: pid))
+            return (seconds, sustained, processorCPU, lags, Self.peakRSS(of: pid))
         }
         await producer.close()
         if statementStats { try await printStatementStats(server: server) }
-        print("\n| run | events | seconds | events/s | processor peak RSS |")
-        print("|---|---:|---:|---:|---:|")
-        print("| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(peakRSS / 1024) MiB |")
+        print("\n| run | events | seconds | events/s | sustained events/s (first commit to last) | processor CPU | processor peak RSS |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(sustained.map { String(Int($0)) } ?? "–") | \(String(format: "%.2f", processorCPU)) s | \(peakRSS / 1024) MiB |")
         guard !lags.isEmpty else { return }
         let sorted = lags.sorted()
         func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
@@ -236,13 +240,20 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         return outcome.closureResult
     }
 
-    private func waitForCommitted(_ count: Int, server: LocalPostgresServer, progress: (Int) -> Void) async throws {
+    /// Waits until the Sink's offsets cover `count` records. Returns when a commit was first
+    /// seen and how many records it covered: the processor's group join (the broker's initial
+    /// rebalance delay, 3 s on librdkafka's mock as on Kafka) and first fetches come before it.
+    private func waitForCommitted(
+        _ count: Int, server: LocalPostgresServer, progress: (Int) -> Void
+    ) async throws -> (seen: ContinuousClock.Instant, committed: Int) {
         let db = try await PostgresConnection.connect(server.connectionString)
         var reported = 0
+        var firstCommit: (seen: ContinuousClock.Instant, committed: Int)?
         while true {
             // Until the processor prepared the Sink, there is no offsets table: nothing committed.
             let rows = try? await db.query("SELECT coalesce(sum(next_offset), 0)::bigint AS n FROM tally.offsets")
             let committed = Int(try rows?.first?.int64("n") ?? 0)
+            if committed > 0, firstCommit == nil { firstCommit = (.now, committed) }
             if committed - reported >= count / 10 || committed >= count {
                 reported = committed
                 progress(committed)
@@ -251,6 +262,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(50))
         }
         await db.close()
+        return firstCommit!
     }
 
     private func resetStatementStats(server: LocalPostgresServer) async throws {
@@ -309,6 +321,16 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     }
 
     /// VmHWM of a process, in KiB.
+    /// User and system CPU seconds the process `pid` has used so far.
+    private static func cpuSeconds(of pid: Int32) -> Double {
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        // Fields after the command name, which ends with the last ')': utime and stime are the
+        // 12th and 13th of them, in clock ticks.
+        let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     private static func peakRSS(of pid: Int32) -> Int {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
