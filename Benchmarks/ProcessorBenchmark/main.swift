@@ -262,7 +262,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(50))
         }
         await db.close()
-        return firstCommit!
+        return firstCommit ?? (.now, count)
     }
 
     private func resetStatementStats(server: LocalPostgresServer) async throws {
@@ -320,7 +320,6 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// VmHWM of a process, in KiB.
     /// User and system CPU seconds the process `pid` has used so far.
     private static func cpuSeconds(of pid: Int32) -> Double {
         let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
@@ -331,6 +330,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
+    /// VmHWM of a process, in KiB.
     private static func peakRSS(of pid: Int32) -> Int {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""

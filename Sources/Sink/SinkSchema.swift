@@ -203,36 +203,10 @@ enum SinkSchema {
             -- tenants ran out of it ("out of shared memory"). Event identities, distinct values
             -- and rejections are kept in these keyed tables instead; tenant migration 5 moves
             -- each tenant's rows here and gives the tenant views of them.
-            CREATE TABLE tally.event_identities (
-                tenant     text NOT NULL,
-                source     text NOT NULL,
-                event_id   text NOT NULL,
-                event_time timestamptz NOT NULL,
-                PRIMARY KEY (tenant, source, event_id)
-            );
-            CREATE TABLE tally.distinct_values (
-                tenant       text NOT NULL,
-                meter        text NOT NULL,
-                subject      text NOT NULL,
-                window_size  text NOT NULL,
-                window_start timestamptz NOT NULL,
-                group_key    text NOT NULL,
-                value_key    text NOT NULL,
-                PRIMARY KEY (tenant, meter, window_size, window_start, subject, group_key, value_key)
-            );
-            CREATE TABLE tally.rejected_inputs (
-                tenant        text NOT NULL,
-                kind          text NOT NULL CHECK (kind IN ('late', 'invalid', 'meter')),
-                meter         text NOT NULL,
-                source        text NOT NULL,
-                event_id      text NOT NULL,
-                event_time    timestamptz NOT NULL,
-                topic         text NOT NULL,
-                partition     integer NOT NULL,
-                record_offset bigint NOT NULL,
-                reason        text NOT NULL,
-                recorded_at   timestamptz NOT NULL DEFAULT now()
-            );
+            -- The columns, keys and checks of the partitioned tables of migration 2.
+            CREATE TABLE tally.event_identities (LIKE tally.seen_events INCLUDING ALL);
+            CREATE TABLE tally.distinct_values (LIKE tally.usage_distinct INCLUDING ALL);
+            CREATE TABLE tally.rejected_inputs (LIKE tally.rejections INCLUDING ALL);
             CREATE INDEX rejected_inputs_tenant ON tally.rejected_inputs (tenant);
             """
         ),
