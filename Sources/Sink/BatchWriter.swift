@@ -186,9 +186,8 @@ private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter)
 /// then their stats log rows into the event stats the same way. Returns the number of usage
 /// log rows moved.
 func foldUsageLog(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
-    // Validated tenant ids hold no commas.
     let selection = tenants.map { _ in "WHERE tenant = ANY(string_to_array($1, ','))" } ?? ""
-    let parameters = tenants.map { [PostgresParameter.text($0.map(\.rawValue).joined(separator: ","))] } ?? []
+    let parameters = tenants.map { [tenantList($0)] } ?? []
     try db.query(
         """
         WITH moved AS (
@@ -233,9 +232,20 @@ func foldUsageLog(tenants: [TenantID]?, _ db: isolated PostgresConnection) throw
 
 /// The tenants with rows in the usage or stats log.
 func tenantsInLogs(_ db: isolated PostgresConnection) throws -> [TenantID] {
-    try db.query("SELECT tenant FROM tally.usage_log UNION SELECT tenant FROM tally.event_stats_log ORDER BY tenant").map { row in
-        do { return try TenantID(try row.string("tenant") ?? "") } catch { throw SinkError.invalidTenant("\(error)") }
+    try db.query("SELECT tenant FROM tally.usage_log UNION SELECT tenant FROM tally.event_stats_log ORDER BY tenant").map {
+        try tenantID(in: $0, column: "tenant")
     }
+}
+
+/// Tenants as one text parameter `$n`, for `tenant = ANY(string_to_array($n, ','))`
+/// (validated tenant ids hold no commas).
+func tenantList(_ tenants: some Sequence<TenantID>) -> PostgresParameter {
+    .text(tenants.map(\.rawValue).joined(separator: ","))
+}
+
+/// The tenant id in `column` of a row, refused unless valid.
+func tenantID(in row: PostgresRow, column: String) throws -> TenantID {
+    do { return try TenantID(try row.string(column) ?? "") } catch { throw SinkError.invalidTenant("\(error)") }
 }
 
 /// Stages the deltas with COPY, then upserts them all in one statement; Postgres routes each

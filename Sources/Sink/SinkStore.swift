@@ -97,14 +97,14 @@ public final class SinkStore: Sendable {
         guard !unknown.isEmpty else { return }
         if unknown.count > 1 {
             // A tenant's version is raised in the transaction of its migrations: one at the
-            // latest version needs nothing. Validated tenant ids hold no commas.
+            // latest version needs nothing.
             let current = try await run { db in
                 try db.query(
                     "SELECT tenant_id FROM tally.tenants WHERE tenant_id = ANY(string_to_array($1, ',')) AND schema_version >= $2",
-                    [.text(unknown.map(\.rawValue).joined(separator: ",")), .int32(Int32(SinkSchema.latestTenantVersion))]
-                ).map { try $0.string("tenant_id") ?? "" }
-            }.reduce(into: Set<String>()) { $0.insert($1) }
-            readyTenants.withLock { ready in ready.formUnion(unknown.filter { current.contains($0.rawValue) }) }
+                    [tenantList(unknown), .int32(Int32(SinkSchema.latestTenantVersion))]
+                ).map { try tenantID(in: $0, column: "tenant_id") }
+            }
+            readyTenants.withLock { ready in ready.formUnion(current) }
         }
         for tenant in unknown.sorted() { try await ensureTenant(tenant) }
     }
@@ -150,10 +150,7 @@ public final class SinkStore: Sendable {
     /// Every registered tenant.
     public func tenants() async throws(SinkError) -> [TenantID] {
         try await run { db in
-            try db.query("SELECT tenant_id FROM tally.tenants ORDER BY tenant_id").map { row in
-                let id = try row.string("tenant_id") ?? ""
-                do { return try TenantID(id) } catch { throw SinkError.invalidTenant("\(error)") }
-            }
+            try db.query("SELECT tenant_id FROM tally.tenants ORDER BY tenant_id").map { try tenantID(in: $0, column: "tenant_id") }
         }
     }
 
@@ -218,28 +215,33 @@ public final class SinkStore: Sendable {
     /// in transactions of half as many tenants, down to one tenant a transaction.
     @discardableResult
     public func foldUsageLog() async throws(SinkError) -> Int64 {
-        var folded: Int64 = 0
-        var pending: ArraySlice<TenantID>?  // nil: every tenant in one transaction
-        var chunkSize = Int.max
-        repeat {
-            let chunk = pending.map { Array($0.prefix(chunkSize)) }
-            do {
-                let moved = try await run { db -> Int64? in
-                    guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
-                    return try Sink.foldUsageLog(tenants: chunk, db)
+        do {
+            return try await foldOnce(tenants: nil) ?? 0
+        } catch where error.isOutOfLocks {
+            var pending = try await run { db in try tenantsInLogs(db) }[...]
+            guard pending.count > 1 else { throw error }
+            var chunkSize = pending.count / 2
+            var folded: Int64 = 0
+            while !pending.isEmpty {
+                let chunk = Array(pending.prefix(chunkSize))
+                do {
+                    guard let moved = try await foldOnce(tenants: chunk) else { return folded }
+                    folded += moved
+                    pending.removeFirst(chunk.count)
+                } catch where error.isOutOfLocks && chunkSize > 1 {
+                    chunkSize /= 2
                 }
-                guard let moved else { return folded }  // another process is folding
-                folded += moved
-                pending = pending?.dropFirst(chunk?.count ?? 0) ?? []
-            } catch let error where error.isOutOfLocks {
-                let tenants: ArraySlice<TenantID>
-                if let pending { tenants = pending } else { tenants = ArraySlice(try await run { db in try tenantsInLogs(db) }) }
-                guard tenants.count > 1, chunkSize > 1 else { throw error }
-                chunkSize = min(chunkSize, tenants.count) / 2
-                pending = tenants
             }
-        } while pending?.isEmpty == false
-        return folded
+            return folded
+        }
+    }
+
+    /// One fold transaction over `tenants` (all when nil); nil when another process is folding.
+    private func foldOnce(tenants: [TenantID]?) async throws(SinkError) -> Int64? {
+        try await run { db in
+            guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
+            return try Sink.foldUsageLog(tenants: tenants, db)
+        }
     }
 
     /// Forgets counted event identities older than `cutoff`: duplicates of older events are
