@@ -95,4 +95,47 @@ import Testing
             #expect(try await sink.forgetEvents(before: Self.hour.addingTimeInterval(60)) == 4)
         }
     }
+
+    /// Another transaction is recording an identity and a distinct value of the batch when it
+    /// commits: the commit's inserts wait for that transaction and, once it commits, skip both,
+    /// so that event counts as a repeat and that value as known.
+    @Test func identitiesAndDistinctValuesTakenByAConcurrentWriterCountAsKnown() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, server in
+            let acme = try TenantID("acme")
+            func event(_ id: String, user: String) throws -> CountedEvent {
+                CountedEvent(
+                    tenant: acme, source: "/api", id: id, time: Self.hour.addingTimeInterval(5),
+                    usage: [try delta(.count, value: 1), try delta(.uniqueCount, value: 0, distinct: [user])])
+            }
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], events: [try event("e0", user: "u0")]))
+            let rival = try await PostgresConnection.connect(server.connectionString)
+            let rivalPID = try await rival.query("SELECT pg_backend_pid() AS pid")[0].int64("pid")!
+            try await rival.execute(
+                """
+                BEGIN;
+                INSERT INTO tally.event_identities (tenant, source, event_id, event_time) VALUES ('acme', '/api', 'e1', now());
+                INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
+                    VALUES ('acme', 'unique_count', 'customer_1', 'hour', to_timestamp(\(Self.hour.timeIntervalSince1970)), '', 'u2');
+                """)
+            let batch = SinkBatch(consumerGroup: "usage", positions: [:], events: [try event("e1", user: "u1"), try event("e2", user: "u2")])
+            let committing = Task { try await sink.commit(batch) }
+            // The commit's insert waits for the rival's transaction.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", [.int32(Int32(rivalPID))])[0].int64("n") == 0 {
+                try #require(ContinuousClock.now < deadline, "the commit never waited for the rival's transaction")
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await rival.execute("COMMIT")
+            try await committing.value
+            await rival.close()
+            let values = Dictionary(uniqueKeysWithValues: try await db.query("SELECT meter, value::text AS value FROM tenant_acme.usage").map {
+                (try $0.string("meter")!, try $0.string("value")!)
+            })
+            #expect(values["count"] == "2", "e0 and e2; e1 was the rival's")
+            #expect(values["unique_count"] == "1", "u0; the rival recorded u2, and e1 with u1 was not counted")
+            let stats = try await db.query("SELECT counted, deduplicated FROM tenant_acme.event_stats")
+            #expect(try stats[0].int64("counted") == 2)
+            #expect(try stats[0].int64("deduplicated") == 1)
+        }
+    }
 }
