@@ -297,11 +297,21 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         return rows
     }
 
+    /// Waits until the usage log is empty, printing what is left every second; gives up when a
+    /// fold interval and the deferral limit have passed twice over with no fold emptying it.
     private func waitForFoldedLog(server: LocalPostgresServer) async throws {
         print("waiting for the processor to fold the usage log …")
         let db = try await PostgresConnection.connect(server.connectionString)
-        while try await db.query("SELECT EXISTS (SELECT 1 FROM tally.usage_log) AS pending")[0].bool("pending") == true {
-            try await Task.sleep(for: .milliseconds(100))
+        let deadline = ContinuousClock.now + .seconds(2 * foldDeferralSeconds) + .milliseconds(2 * foldIntervalMs)
+        while true {
+            let left = try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") ?? 0
+            if left == 0 { break }
+            guard ContinuousClock.now < deadline else {
+                await db.close()
+                throw ValidationError("the processor left \(left) usage log rows unfolded; is --fold-interval-ms longer than the run?")
+            }
+            print("usage log rows not folded yet: \(left)")
+            try await Task.sleep(for: .seconds(1))
         }
         await db.close()
     }

@@ -103,13 +103,16 @@ struct SinkBenchmark: AsyncParsableCommand {
         // The same rows as COPY text, loaded by psql into one plain table and into one table
         // with the Sink's primary key.
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("sink-benchmark-\(UUID().uuidString).tsv")
-        var text = ""
-        text.reserveCapacity(rows * 120)
-        for row in all {
-            text += "\(row.tenant.rawValue)\t\(row.meter)\t\(row.subject)\thour\t2025-11-28 00:00:00+00\t\t\(row.value)\t\(row.eventCount)\t2025-11-28 00:00:01+00\t2025-11-28 00:59:59+00\n"
+        // Also in two halves, for two sessions at once: what this machine's two cores can load
+        // into a keyed table at most, whoever writes.
+        let halves = [0, 1].map { FileManager.default.temporaryDirectory.appendingPathComponent("sink-benchmark-\(UUID().uuidString)-\($0).tsv") }
+        var texts = ["", ""]
+        for (index, row) in all.enumerated() {
+            texts[index * 2 / all.count] += "\(row.tenant.rawValue)\t\(row.meter)\t\(row.subject)\thour\t2025-11-28 00:00:00+00\t\t\(row.value)\t\(row.eventCount)\t2025-11-28 00:00:01+00\t2025-11-28 00:59:59+00\n"
         }
-        try text.write(to: file, atomically: false, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(at: file) }
+        try (texts[0] + texts[1]).write(to: file, atomically: false, encoding: .utf8)
+        for (half, text) in zip(halves, texts) { try text.write(to: half, atomically: false, encoding: .utf8) }
+        defer { for path in [file] + halves { try? FileManager.default.removeItem(at: path) } }
         let db = try await PostgresConnection.connect(server.connectionString)
         let columns = """
             tenant text, meter text, subject text, window_size text, window_start timestamptz,
@@ -119,20 +122,30 @@ struct SinkBenchmark: AsyncParsableCommand {
             """
             CREATE TABLE raw_usage (\(columns));
             CREATE TABLE raw_usage_keyed (\(columns), PRIMARY KEY (tenant, meter, window_size, window_start, subject, group_key));
+            CREATE TABLE raw_usage_keyed_twice (LIKE raw_usage_keyed INCLUDING ALL);
             CHECKPOINT;
             """)
         await db.close()
         let baselineName = "psql \\copy into one table without indexes"
+        func psqlCopy(into table: String, from path: URL) async throws {
+            let result = try await Subprocess.run(
+                .path(FilePath("\(LocalPostgresServer.binDirectory)/psql")),
+                arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.connectionString, "-c", "\\copy \(table) FROM '\(path.path)'"],
+                output: .discarded, error: .string(limit: 1 << 16))
+            guard result.terminationStatus.isSuccess else { throw ValidationError("psql failed: \(result.standardError)") }
+        }
         for (table, name) in [("raw_usage", baselineName), ("raw_usage_keyed", "psql \\copy into one table with the Sink's primary key")] {
             print("psql: \\copy into \(table) …")
             let started = ContinuousClock.now
-            let result = try await Subprocess.run(
-                .path(FilePath("\(LocalPostgresServer.binDirectory)/psql")),
-                arguments: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.connectionString, "-c", "\\copy \(table) FROM '\(file.path)'"],
-                output: .discarded, error: .string(limit: 1 << 16))
+            try await psqlCopy(into: table, from: file)
             results.append((name, seconds(since: started)))
-            guard result.terminationStatus.isSuccess else { throw ValidationError("psql failed: \(result.standardError)") }
         }
+        print("psql: two \\copy sessions at once into raw_usage_keyed_twice …")
+        let started = ContinuousClock.now
+        async let first: Void = psqlCopy(into: "raw_usage_keyed_twice", from: halves[0])
+        async let second: Void = psqlCopy(into: "raw_usage_keyed_twice", from: halves[1])
+        _ = try await (first, second)
+        results.append(("two psql \\copy sessions at once, half the rows each, into one table with the Sink's primary key", seconds(since: started)))
 
         let baseline = Double(rows) / results.first { $0.writer == baselineName }!.seconds
         print("\n| writer | rows | seconds | rows/s | ÷ raw COPY (no indexes) |")
