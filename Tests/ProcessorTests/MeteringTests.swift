@@ -5,6 +5,7 @@ import Metering
 import Sink
 import Tenancy
 import Testing
+import TestSupport
 
 @Suite struct MeterCatalogTests {
     @Test func metersParseWithDefaults() throws {
@@ -67,7 +68,7 @@ import Testing
     }
 
     @Test func dayAndMonthWindowsFollowTheTenantsTimeZone() throws {
-        let calculator = try calculator(
+        var calculator = try calculator(
             "  - {tenant: acme, name: n, event_type: api.request, aggregation: count, windows: [minute, hour, day, month]}\n",
             zones: ["acme": "Europe/Berlin"])
         // 23:30 UTC on 31 October is 00:30 on 1 November in Berlin (CET, UTC+1).
@@ -81,14 +82,42 @@ import Testing
         let spring = calculator.usage(of: try event([:], at: "2026-03-29T12:00:00Z")).rows
         #expect(spring.first { $0.windowSize == .day }.map { EventTime(date: $0.windowStart).description } == "2026-03-28T23:00:00.000000Z")
         // A tenant without a zone is in UTC.
-        let utc = try self.calculator(
-            "  - {tenant: globex, name: n, event_type: api.request, aggregation: count, windows: [month]}\n"
-        ).usage(of: try event([:], at: "2026-10-31T23:30:45Z", tenant: "globex")).rows
+        var utcCalculator = try self.calculator("  - {tenant: globex, name: n, event_type: api.request, aggregation: count, windows: [month]}\n")
+        let utc = utcCalculator.usage(of: try event([:], at: "2026-10-31T23:30:45Z", tenant: "globex")).rows
         #expect(utc.map { EventTime(date: $0.windowStart).description } == ["2026-10-01T00:00:00.000000Z"])
     }
 
+    /// Events in any order, around midnights, month ends and clock changes, in three zones
+    /// (and UTC for a tenant without one): every day and month window is the one Foundation's
+    /// calendar finds for that event alone.
+    @Test func dayAndMonthWindowsOfEventsInSequenceAreTheCalendarsOwn() throws {
+        let zones = ["acme": "Europe/Berlin", "globex": "America/New_York", "initech": "Asia/Kolkata"]
+        var calculator = try calculator(
+            ["acme", "globex", "initech", "umbrella"].map {
+                "  - {tenant: \($0), name: n, event_type: api.request, aggregation: count, windows: [day, month]}\n"
+            }.joined(),
+            zones: zones)
+        var random = SeededRandom(state: 7)
+        // Around the end of October 2026: Berlin leaves summer time on the 25th, New York on 1 November.
+        let start = EventTime(rfc3339: "2026-10-24T00:00:00Z")!.date.timeIntervalSince1970
+        var seconds = start
+        for _ in 0..<5_000 {
+            let tenant = ["acme", "globex", "initech", "umbrella"][Int(random.next() % 4)]
+            // Mostly within two hours of the previous event, as in a batch; sometimes anywhere in ten days.
+            seconds = random.next() % 8 == 0
+                ? start + Double(random.next() % (10 * 86_400)) : max(start, seconds + Double(random.next() % 14_400) - 7_200)
+            let time = Date(timeIntervalSince1970: seconds + Double(random.next() % 1000) / 1000)
+            var reference = Calendar(identifier: .gregorian)
+            reference.timeZone = TimeZone(identifier: zones[tenant] ?? "UTC")!
+            let rows = calculator.usage(of: try event([:], at: EventTime(date: time).description, tenant: tenant)).rows
+            let starts = Dictionary(uniqueKeysWithValues: rows.map { ($0.windowSize, $0.windowStart) })
+            #expect(starts[.day] == reference.dateInterval(of: .day, for: rows[0].firstEventAt)!.start, "\(tenant) at \(time)")
+            #expect(starts[.month] == reference.dateInterval(of: .month, for: rows[0].firstEventAt)!.start, "\(tenant) at \(time)")
+        }
+    }
+
     @Test func aMeterThatCannotUseTheEventFailsAloneWithItsReason() throws {
-        let calculator = try calculator(
+        var calculator = try calculator(
             """
               - {tenant: acme, name: requests, event_type: api.request, aggregation: count, windows: [hour]}
               - {tenant: acme, name: tokens, event_type: api.request, aggregation: sum, value: usage.tokens, windows: [hour]}

@@ -17,26 +17,45 @@ public struct MeterFailure: Error, Sendable, Equatable {
 /// Turns an event into the usage deltas of its tenant's meters: one per meter and window,
 /// in the window of the event's time (UTC for minute and hour, the tenant's zone for day and
 /// month, so calendar months are right outside UTC).
+///
+/// It remembers the last day and month window it computed in each time zone: the events of a
+/// batch mostly fall into the same ones, and Foundation's calendar takes microseconds to find
+/// a window (a fifth of the usage processor's own CPU time before).
 public struct UsageCalculator: Sendable {
     private let catalog: MeterCatalog
-    private let calendars: [TenantID: Calendar]
-    private let utc: Calendar
+    /// One calendar per distinct time zone; the first is UTC.
+    private let calendars: [Calendar]
+    /// The index in `calendars` of each tenant with a time zone; others are in UTC.
+    private let calendarOfTenant: [TenantID: Int]
+    /// The last day and month window found in each calendar, by the same index.
+    private var lastDays: [DateInterval?]
+    private var lastMonths: [DateInterval?]
 
     public init(catalog: MeterCatalog, timeZones: [TenantID: TimeZone]) {
         self.catalog = catalog
-        var utc = Calendar(identifier: .gregorian)
-        utc.timeZone = TimeZone(identifier: "UTC")!
-        self.utc = utc
-        calendars = timeZones.mapValues { zone in
+        var zones = [TimeZone(identifier: "UTC")!]
+        var calendarOfTenant: [TenantID: Int] = [:]
+        for (tenant, zone) in timeZones {
+            if let index = zones.firstIndex(of: zone) {
+                calendarOfTenant[tenant] = index
+            } else {
+                calendarOfTenant[tenant] = zones.count
+                zones.append(zone)
+            }
+        }
+        calendars = zones.map { zone in
             var calendar = Calendar(identifier: .gregorian)
             calendar.timeZone = zone
             return calendar
         }
+        self.calendarOfTenant = calendarOfTenant
+        lastDays = Array(repeating: nil, count: zones.count)
+        lastMonths = lastDays
     }
 
     /// The event's deltas for every meter of its tenant and type, and the meters that could
     /// not use it.
-    public func usage(of event: UsageEvent) -> (rows: [UsageRow], failures: [MeterFailure]) {
+    public mutating func usage(of event: UsageEvent) -> (rows: [UsageRow], failures: [MeterFailure]) {
         let meters = catalog.meters(for: event.tenant, type: event.type)
         guard !meters.isEmpty else { return ([], []) }
         var rows: [UsageRow] = []
@@ -82,14 +101,24 @@ public struct UsageCalculator: Sendable {
     }
 
     /// The start of the window of `size` holding `time`.
-    public func windowStart(of time: Date, size: UsageRow.WindowSize, tenant: TenantID) -> Date {
+    public mutating func windowStart(of time: Date, size: UsageRow.WindowSize, tenant: TenantID) -> Date {
         let seconds = time.timeIntervalSince1970
+        let calendar = calendarOfTenant[tenant] ?? 0
         switch size {
         case .minute: return Date(timeIntervalSince1970: (seconds / 60).rounded(.down) * 60)
         case .hour: return Date(timeIntervalSince1970: (seconds / 3600).rounded(.down) * 3600)
-        case .day: return (calendars[tenant] ?? utc).dateInterval(of: .day, for: time)!.start
-        case .month: return (calendars[tenant] ?? utc).dateInterval(of: .month, for: time)!.start
+        case .day: return Self.start(of: .day, holding: time, in: calendars[calendar], last: &lastDays[calendar])
+        case .month: return Self.start(of: .month, holding: time, in: calendars[calendar], last: &lastMonths[calendar])
         }
+    }
+
+    /// The start of the calendar's `component` holding `time`: that of `last` when it holds
+    /// `time`, else found by the calendar and kept as `last`.
+    private static func start(of component: Calendar.Component, holding time: Date, in calendar: Calendar, last: inout DateInterval?) -> Date {
+        if let last, last.start <= time, time < last.end { return last.start }
+        let window = calendar.dateInterval(of: component, for: time)!
+        last = window
+        return window.start
     }
 
     private func measure(_ meter: MeterDefinition, in data: JSONObject) -> Result<(value: Decimal, distinct: Set<String>), MeterFailure> {

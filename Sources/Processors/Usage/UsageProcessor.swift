@@ -168,7 +168,7 @@ public final class UsageProcessor: Sendable {
     }
 
     func prepare(_ records: [ConsumerRecord], ownership: SinkOwnership) -> PreparedBatch {
-        let calculator = calculator.withLock { $0 }
+        var calculator = calculator.withLock { $0 }
         let decoder = EventDecoder(limits: .withoutTimeBounds)
         let lateBefore = EventTime.now().advanced(by: .zero - configuration.grace)
         var batch = PreparedBatch(sink: SinkBatch(consumerGroup: configuration.group, positions: [:]), deadLetters: [])
