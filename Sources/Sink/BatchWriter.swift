@@ -59,6 +59,7 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
 /// batches or earlier in this one).
 private func recordEventIdentities(_ events: [CountedEvent], _ db: isolated PostgresConnection) throws -> (fresh: [CountedEvent], repeated: [CountedEvent]) {
     var firstInBatch: [EventIdentity: Int] = [:]
+    firstInBatch.reserveCapacity(events.count)
     var repeated: [CountedEvent] = []
     var candidates: [CountedEvent] = []
     for event in events {
@@ -107,12 +108,21 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
             tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text, value_key text
         ) ON COMMIT DELETE ROWS
         """)
-    let uniqueCounts = deltas.filter { $0.value.aggregation == .uniqueCount }
+    var uniqueCounts: [(key: UsageKey, values: Set<String>)] = []
+    for (key, row) in deltas where row.aggregation == .uniqueCount { uniqueCounts.append((key, row.distinctValues)) }
     try db.copy(
         into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"],
-        rows: uniqueCounts.lazy.flatMap { key, row in
-            row.distinctValues.map { [key.tenant.rawValue, key.meter, key.subject, key.windowSize, String(microseconds(key.windowStart)), key.groupKey, $0] }
-        })
+        rows: uniqueCounts.lazy.flatMap { key, values in values.lazy.map { (key, $0) } }
+    ) { staged, fields in
+        let (key, value) = staged
+        fields.append(key.tenant.rawValue)
+        fields.append(key.meter)
+        fields.append(key.subject)
+        fields.append(key.windowSize)
+        fields.append(microseconds(key.windowStart))
+        fields.append(key.groupKey)
+        fields.append(value)
+    }
     let inserted = try db.query(
         """
         INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
@@ -129,7 +139,7 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
             windowStart: Date(timeIntervalSince1970: Double(try row.int64("window_start_us") ?? 0) / 1_000_000), groupKey: try row.string("group_key") ?? "")
         newValues[key, default: 0] += 1
     }
-    for key in uniqueCounts.keys { deltas[key]?.value = Decimal(newValues[key] ?? 0) }
+    for (key, _) in uniqueCounts { deltas[key]?.value = Decimal(newValues[key] ?? 0) }
 }
 
 private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count, first_event_at, last_event_at"
