@@ -103,12 +103,15 @@ public struct UsageCalculator: Sendable {
     /// The start of the window of `size` holding `time`.
     public mutating func windowStart(of time: Date, size: UsageRow.WindowSize, tenant: TenantID) -> Date {
         let seconds = time.timeIntervalSince1970
-        let calendar = calendarOfTenant[tenant] ?? 0
         switch size {
         case .minute: return Date(timeIntervalSince1970: (seconds / 60).rounded(.down) * 60)
         case .hour: return Date(timeIntervalSince1970: (seconds / 3600).rounded(.down) * 3600)
-        case .day: return Self.start(of: .day, holding: time, in: calendars[calendar], last: &lastDays[calendar])
-        case .month: return Self.start(of: .month, holding: time, in: calendars[calendar], last: &lastMonths[calendar])
+        case .day:
+            let calendar = calendarOfTenant[tenant] ?? 0
+            return Self.start(of: .day, holding: time, in: calendars[calendar], last: &lastDays[calendar])
+        case .month:
+            let calendar = calendarOfTenant[tenant] ?? 0
+            return Self.start(of: .month, holding: time, in: calendars[calendar], last: &lastMonths[calendar])
         }
     }
 
