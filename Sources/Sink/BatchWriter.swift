@@ -24,6 +24,7 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
     var stats: [StatsKey: EventStats] = [:]
     if !batch.events.isEmpty {
         let (fresh, repeated) = try recordEventIdentities(batch.events, db)
+        usage.reserveCapacity(usage.count + fresh.reduce(0) { $0 + $1.usage.count })
         for event in fresh {
             usage += event.usage
             stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
@@ -108,11 +109,14 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
             tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text, value_key text
         ) ON COMMIT DELETE ROWS
         """)
-    var uniqueCounts: [(key: UsageKey, values: Set<String>)] = []
-    for (key, row) in deltas where row.aggregation == .uniqueCount { uniqueCounts.append((key, row.distinctValues)) }
+    var uniqueCounts: [UsageKey] = []
+    var staged: [(key: UsageKey, value: String)] = []
+    for (key, row) in deltas where row.aggregation == .uniqueCount {
+        uniqueCounts.append(key)
+        for value in row.distinctValues { staged.append((key, value)) }
+    }
     try db.copy(
-        into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"],
-        rows: uniqueCounts.lazy.flatMap { key, values in values.lazy.map { (key, $0) } }
+        into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"], rows: staged
     ) { staged, fields in
         let (key, value) = staged
         fields.append(key.tenant.rawValue)
@@ -139,7 +143,7 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
             windowStart: Date(timeIntervalSince1970: Double(try row.int64("window_start_us") ?? 0) / 1_000_000), groupKey: try row.string("group_key") ?? "")
         newValues[key, default: 0] += 1
     }
-    for (key, _) in uniqueCounts { deltas[key]?.value = Decimal(newValues[key] ?? 0) }
+    for key in uniqueCounts { deltas[key]?.value = Decimal(newValues[key] ?? 0) }
 }
 
 private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count, first_event_at, last_event_at"
