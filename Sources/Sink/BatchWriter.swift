@@ -117,8 +117,8 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
     }
     try db.copy(
         into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"], rows: staged
-    ) { staged, fields in
-        let (key, value) = staged
+    ) { entry, fields in
+        let (key, value) = entry
         fields.append(key.tenant.rawValue)
         fields.append(key.meter)
         fields.append(key.subject)
