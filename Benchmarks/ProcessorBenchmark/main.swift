@@ -319,23 +319,23 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     /// CPU seconds (user and system) of this process's threads with the name `name`.
     private static func threadCPUSeconds(named name: String) -> Double {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-        let ticks = tasks.reduce(0) { total, task in
-            guard let stat = try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8),
-                stat.contains("(\(name))"), let end = stat.lastIndex(of: ")")
-            else { return total }
-            // After the name: state is field 3, utime and stime are fields 14 and 15.
-            let fields = stat[stat.index(after: end)...].split(separator: " ")
-            return total + (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+        return tasks.reduce(0) { total, task in
+            let stat = (try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8)) ?? ""
+            return stat.contains("(\(name))") ? total + cpuSeconds(inStat: stat) : total
         }
-        return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     /// User and system CPU seconds the process `pid` has used so far.
     private static func cpuSeconds(of pid: Int32) -> Double {
-        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        cpuSeconds(inStat: (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? "")
+    }
+
+    /// User and system CPU seconds of a `/proc/…/stat` line, 0 when it cannot be read.
+    private static func cpuSeconds(inStat stat: String) -> Double {
         // Fields after the command name, which ends with the last ')': utime and stime are the
         // 12th and 13th of them, in clock ticks.
-        let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+        guard let end = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
         guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
