@@ -132,11 +132,14 @@ struct ProducerBenchmark: AsyncParsableCommand {
                 let range = started..<min(started + batchSize, messages)
                 started = range.upperBound
                 group.addTask {
-                    // The records of one call share a value buffer of their own, as the C loop
-                    // reuses one buffer; one buffer shared by all calls would make every retain
-                    // and release contend for one cache line across cores.
+                    // The records of one call share a value buffer and key buffers of their own,
+                    // as the C loop reuses its buffers; buffers shared by all calls would make
+                    // every retain and release contend for their cache lines across cores.
                     let batchValue = value.withUnsafeBufferPointer(Array.init)
-                    let records = range.map { ProducerRecord(topic: topic, key: keyBytes[$0 % keys], value: batchValue) }
+                    let batchKeys = keyBytes.map { $0.withUnsafeBufferPointer(Array.init) }
+                    var records: [ProducerRecord] = []
+                    records.reserveCapacity(range.count)
+                    for index in range { records.append(ProducerRecord(topic: topic, key: batchKeys[index % keys], value: batchValue)) }
                     return await producer.send(records).reduce(0) { count, result in
                         if case .failure = result { count + 1 } else { count }
                     }

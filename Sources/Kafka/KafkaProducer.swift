@@ -78,12 +78,16 @@ public final class KafkaProducer: Sendable {
     public func send(_ records: [ProducerRecord]) async -> [Result<DeliveryReport, KafkaError>] {
         guard !records.isEmpty else { return [] }
         let group = context.submit(records, wakingOwnerOn: mainQueue.pointer)
-        let outcomes = await context.outcomes(of: group)
-        let anyFailed = !outcomes.errors.isEmpty
-        return records.indices.map { index in
-            if anyFailed, let error = outcomes.errors[index] { return .failure(error) }
-            let outcome = outcomes.outcomes[index]
-            return .success(DeliveryReport(topic: records[index].topic, partition: outcome.partition, offset: outcome.offset))
+        let settled = await context.outcomes(of: group)
+        // Read once: the group is a class, whose every property access is checked.
+        let (outcomes, errors) = (settled.outcomes, settled.errors)
+        return records.withUnsafeBufferPointer { records in
+            outcomes.withUnsafeBufferPointer { outcomes in
+                records.indices.map { index in
+                    if !errors.isEmpty, let error = errors[index] { return .failure(error) }
+                    return .success(DeliveryReport(topic: records[index].topic, partition: outcomes[index].partition, offset: outcomes[index].offset))
+                }
+            }
         }
     }
 

@@ -38,6 +38,8 @@ public struct ProducerRecord: Sendable {
     /// Milliseconds since the Unix epoch; `nil` means the time of sending.
     public var timestampMilliseconds: Int64?
 
+    /// Inlinable, so that callers building many records build each in place.
+    @inlinable
     public init(
         topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
         headers: [KafkaHeader] = [], timestampMilliseconds: Int64? = nil
