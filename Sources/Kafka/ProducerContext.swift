@@ -189,8 +189,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
             let since = request.waitingSince ?? now
             backlog[position].waitingSince = since
             if since.duration(to: now) >= enqueueTimeout {
-                let error = KafkaError(
-                    code: RD_KAFKA_RESP_ERR__QUEUE_FULL, context: "enqueue to \(request.records[request.next].topic)", persistence: .notPersisted)
+                let error = enqueueError(RD_KAFKA_RESP_ERR__QUEUE_FULL, topic: request.records[request.next].topic)
                 fail(group: request.group, indices: request.next..<request.records.count, with: error)
                 backlog[position].next = request.records.count
             }
@@ -202,28 +201,33 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// Enqueues a request's records from `next` on; false when the full queue stopped it.
     /// Records librdkafka refuses for another reason fail at once. Reports already there are
     /// served between runs, without waiting, as a C producer loop polls between messages.
+    /// The records are read in place, through a buffer pointer: copying a record out of the
+    /// array would retain and release each of its buffers.
     private func enqueueRecords(of request: inout SendRequest, client rk: OpaquePointer, mainQueue: OpaquePointer) -> Bool {
-        while !request.isDone {
-            let start = request.next
-            let (runEnd, runBytes) = endOfPlainRun(request.records, from: start)
-            let code: rd_kafka_resp_err_t
-            if runEnd > start + 1 {
-                let (done, batchCode) = enqueueBatch(request.records, start..<runEnd, byteCount: runBytes, group: request.group, client: rk)
-                request.next += done
-                code = batchCode
-                serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 0)
-            } else {
-                code = enqueue(request.records[start], tag: DeliveryTag(group: request.group, index: start), client: rk)
-                if code != RD_KAFKA_RESP_ERR__QUEUE_FULL { request.next += 1 }
-                if code != RD_KAFKA_RESP_ERR_NO_ERROR, code != RD_KAFKA_RESP_ERR__QUEUE_FULL {
-                    fail(group: request.group, indices: start..<start + 1, with: enqueueError(code, record: request.records[start]))
+        let (records, group) = (request.records, request.group)
+        return records.withUnsafeBufferPointer { records in
+            while !request.isDone {
+                let start = request.next
+                let (runEnd, runBytes) = endOfPlainRun(records, from: start)
+                let code: rd_kafka_resp_err_t
+                if runEnd > start + 1 {
+                    let (done, batchCode) = enqueueBatch(records, start..<runEnd, byteCount: runBytes, group: group, client: rk)
+                    request.next += done
+                    code = batchCode
+                    serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 0)
+                } else {
+                    code = enqueue(records[start], tag: DeliveryTag(group: group, index: start), client: rk)
+                    if code != RD_KAFKA_RESP_ERR__QUEUE_FULL { request.next += 1 }
+                    if code != RD_KAFKA_RESP_ERR_NO_ERROR, code != RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                        fail(group: group, indices: start..<start + 1, with: enqueueError(code, topic: records[start].topic))
+                    }
+                    if start % 64 == 63 { serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 0) }
                 }
-                if start % 64 == 63 { serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 0) }
+                if request.next > start { request.waitingSince = nil }
+                if code == RD_KAFKA_RESP_ERR__QUEUE_FULL { return false }
             }
-            if request.next > start { request.waitingSince = nil }
-            if code == RD_KAFKA_RESP_ERR__QUEUE_FULL { return false }
+            return true
         }
-        return true
     }
 
     /// Records and key and value bytes per `rd_kafka_produce_batch` call at most.
@@ -232,14 +236,13 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// The end of the run from `start` of records that `rd_kafka_produce_batch` can take: one
     /// topic, no headers, no timestamp of their own, within `batchLimit`; with the run's key and
     /// value bytes.
-    private func endOfPlainRun(_ records: [ProducerRecord], from start: Int) -> (end: Int, bytes: Int) {
+    private func endOfPlainRun(_ records: UnsafeBufferPointer<ProducerRecord>, from start: Int) -> (end: Int, bytes: Int) {
         let topic = records[start].topic
         var end = start
         var bytes = 0
         while end < records.count, end - start < Self.batchLimit.records {
-            let record = records[end]
-            guard record.headers.isEmpty, record.timestampMilliseconds == nil, record.topic == topic else { break }
-            let recordBytes = (record.key?.count ?? 0) + (record.value?.count ?? 0)
+            guard records[end].headers.isEmpty, records[end].timestampMilliseconds == nil, records[end].topic == topic else { break }
+            let recordBytes = (records[end].key?.count ?? 0) + (records[end].value?.count ?? 0)
             guard bytes + recordBytes <= Self.batchLimit.bytes || end == start else { break }
             bytes += recordBytes
             end += 1
@@ -254,7 +257,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// records from the start of `range` are done, and `QUEUE_FULL` when a full queue stopped
     /// the call there.
     private func enqueueBatch(
-        _ records: [ProducerRecord], _ range: Range<Int>, byteCount: Int, group: UInt64, client rk: OpaquePointer
+        _ records: UnsafeBufferPointer<ProducerRecord>, _ range: Range<Int>, byteCount: Int, group: UInt64, client rk: OpaquePointer
     ) -> (done: Int, code: rd_kafka_resp_err_t) {
         guard let topic = rd_kafka_topic_new(rk, records[range.lowerBound].topic, nil) else {
             return (0, rd_kafka_last_error())
@@ -285,7 +288,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
                     let code = messages[slot].err
                     if code == RD_KAFKA_RESP_ERR__QUEUE_FULL { return (slot, code) }
                     if code != RD_KAFKA_RESP_ERR_NO_ERROR {
-                        fail(group: group, indices: index..<index + 1, with: enqueueError(code, record: records[index]))
+                        fail(group: group, indices: index..<index + 1, with: enqueueError(code, topic: records[index].topic))
                     }
                 }
                 return (range.count, RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -318,8 +321,8 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         return code
     }
 
-    private func enqueueError(_ code: rd_kafka_resp_err_t, record: ProducerRecord) -> KafkaError {
-        KafkaError(code: code, context: "enqueue to \(record.topic)", persistence: .notPersisted)
+    private func enqueueError(_ code: rd_kafka_resp_err_t, topic: String) -> KafkaError {
+        KafkaError(code: code, context: "enqueue to \(topic)", persistence: .notPersisted)
     }
 
     /// Serves the client's main queue: waits up to `timeoutMilliseconds` for the first event,

@@ -36,20 +36,23 @@ public struct ProducerRecord: Sendable {
     public var value: [UInt8]?
     public var headers: [KafkaHeader]
     /// Milliseconds since the Unix epoch; `nil` means the time of sending.
-    public var timestampMilliseconds: Int64?
+    public var timestampMilliseconds: Int64? {
+        get { timestamp }
+        set { timestamp = newValue }
+    }
+    /// Stored under another name so that the compiler-made memberwise initializer, which the
+    /// public ones call, does not clash with them. (An initializer assigning the properties
+    /// itself copies the whole record and destroys the original on return with Swift 6.3:
+    /// a retain and a release of every buffer, per record.)
+    var timestamp: Int64?
+}
 
-    /// Inlinable, so that callers building many records build each in place.
-    @inlinable
+extension ProducerRecord {
     public init(
         topic: String, partition: Int32? = nil, key: [UInt8]?, value: [UInt8]?,
         headers: [KafkaHeader] = [], timestampMilliseconds: Int64? = nil
     ) {
-        self.topic = topic
-        self.partition = partition
-        self.key = key
-        self.value = value
-        self.headers = headers
-        self.timestampMilliseconds = timestampMilliseconds
+        self.init(topic: topic, partition: partition, key: key, value: value, headers: headers, timestamp: timestampMilliseconds)
     }
 
     public init(topic: String, key: String?, value: String, headers: [KafkaHeader] = [], timestampMilliseconds: Int64? = nil) {
