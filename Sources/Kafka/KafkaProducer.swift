@@ -8,8 +8,8 @@ public struct KafkaProducerConfiguration: Sendable {
     /// librdkafka properties. Defaults: idempotence on (`acks=all`, ordered retries), a bounded
     /// local queue, a 2-minute delivery timeout. Anything set here wins.
     public var kafka: KafkaConfiguration
-    /// How long `send` waits for room when the local queue is full before failing a record
-    /// with `KafkaError.Kind.queueFull`. Zero fails at once.
+    /// How long a `send` waits for room when the local queue is full before failing the
+    /// records it could not enqueue with `KafkaError.Kind.queueFull`. Zero fails them at once.
     public var enqueueTimeout: Duration
     /// Topics the producer will write to. Their metadata is fetched with the client's first
     /// request; a topic first named by a record can wait for the next metadata refresh, which
