@@ -213,6 +213,49 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         #expect(results.map { try? $0.get().offset } == (0..<500).map { Int64($0) })
     }
 
+    @Test(.timeLimit(.minutes(2)))
+    func concurrentCallsWaitingOnAFullQueueEachHaveEveryRecordStoredOnceInTheirOrder() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("crowded", partitions: 3, replicationFactor: 1)
+        // Room for 100 records: the calls below wait in the owner thread's backlog together, and
+        // runs of 36 records fill it partway through a run.
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, properties: ["queue.buffering.max.messages": "100"],
+                enqueueTimeout: .seconds(60), topics: ["crowded"]))
+        let calls = await withTaskGroup(of: ([ProducerRecord], [Result<DeliveryReport, KafkaError>]).self) { group in
+            for sender in 0..<8 {
+                group.addTask {
+                    // One key per call (so one partition); every 37th record has a header, which
+                    // takes the one-record path between the batched runs.
+                    let records = (0..<300).map { number in
+                        var record = ProducerRecord(topic: "crowded", key: "sender-\(sender)", value: "\(sender)-\(number)")
+                        if number % 37 == 36 { record.headers = [KafkaHeader(name: "n", value: "\(number)")] }
+                        return record
+                    }
+                    return (records, await producer.send(records))
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        await producer.close()
+
+        let stored = try await readAll("crowded", bootstrap: cluster.bootstrapServers, expecting: 8 * 300)
+        #expect(stored.count == 8 * 300)
+        let valueAt = Dictionary(uniqueKeysWithValues: stored.map { ("\($0.partition)@\($0.offset)", $0.value) })
+        for (records, results) in calls {
+            let reports = results.compactMap { try? $0.get() }
+            #expect(reports.count == records.count, "\(results.first { (try? $0.get()) == nil }.map { "\($0)" } ?? "")")
+            #expect(Set(reports.map(\.partition)).count == 1)
+            let offsets = reports.map(\.offset)
+            #expect(offsets == offsets.sorted() && Set(offsets).count == offsets.count, "the call's records out of order")
+            for (record, report) in zip(records, reports) {
+                #expect(valueAt["\(report.partition)@\(report.offset)"] == record.value)
+            }
+        }
+    }
+
     @Test func sendingAfterCloseFailsAsClosed() async throws {
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }
