@@ -163,7 +163,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
                 serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 50)
                 state.withLock { $0.ownerIdle = false }
             }
-            afterCycle(outstanding: Int(rd_kafka_outq_len(rk)) + backlog.count)
+            afterCycle(outstanding: Int(rd_kafka_outq_len(rk)) + backlog.reduce(0) { $0 + $1.records.count - $1.next })
         }
     }
 
