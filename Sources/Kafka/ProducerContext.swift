@@ -214,6 +214,10 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
                     let (done, batchCode) = enqueueBatch(records, start..<runEnd, byteCount: runBytes, group: group, client: rk)
                     request.next += done
                     code = batchCode
+                    if code != RD_KAFKA_RESP_ERR_NO_ERROR, code != RD_KAFKA_RESP_ERR__QUEUE_FULL {  // no handle for the topic
+                        fail(group: group, indices: request.next..<runEnd, with: enqueueError(code, topic: records[start].topic))
+                        request.next = runEnd
+                    }
                     serveEvents(rk, mainQueue: mainQueue, timeoutMilliseconds: 0)
                 } else {
                     code = enqueue(records[start], tag: DeliveryTag(group: group, index: start), client: rk)

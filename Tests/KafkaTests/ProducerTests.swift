@@ -256,6 +256,33 @@ func boundedProducer(topic: String, enqueueTimeout: Duration) throws -> (MockClu
         }
     }
 
+    @Test(.timeLimit(.minutes(2)))
+    func recordsForATopicNameKafkaRefusesFailWhileTheCallsOtherRecordsAreDelivered() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("fine", partitions: 1, replicationFactor: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers, topics: ["fine"]))
+        // Runs of plain records (one `rd_kafka_produce_batch` call each) and single records with
+        // a header, for a topic whose name is longer than Kafka allows, between good ones.
+        let tooLong = String(repeating: "t", count: 600)
+        let records = (0..<30).map { number in
+            var record = ProducerRecord(topic: (10..<20).contains(number) ? tooLong : "fine", key: nil, value: "\(number)")
+            if number == 15 || number == 25 { record.headers = [KafkaHeader(name: "n", value: "\(number)")] }
+            return record
+        }
+        let results = await producer.send(records)
+        await producer.close()
+        for (number, result) in results.enumerated() {
+            switch ((10..<20).contains(number), result) {
+            case (true, .failure(let error)): #expect(error.persistence == .notPersisted)
+            case (false, .success(let report)): #expect(report.topic == "fine")
+            default: Issue.record("record \(number): \(result)")
+            }
+        }
+        let stored = try await readAll("fine", bootstrap: cluster.bootstrapServers, expecting: 20)
+        #expect(stored.map { String(decoding: $0.value!, as: UTF8.self) } == (Array(0..<10) + Array(20..<30)).map { "\($0)" })
+    }
+
     @Test func sendingAfterCloseFailsAsClosed() async throws {
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }
