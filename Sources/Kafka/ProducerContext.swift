@@ -38,7 +38,8 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         var closed = false
     }
 
-    private static let closedError = KafkaError(kind: .closed, message: "producer is closed", persistence: .notPersisted)
+    /// For records the producer never handed to librdkafka because it was closing.
+    private static let closedBeforeEnqueue = KafkaError(kind: .closed, message: "producer is closed", persistence: .notPersisted)
 
     private let state = Mutex(State())
     private let enqueueTimeout: Duration
@@ -59,7 +60,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
             state.nextGroup = DeliveryTag.group(after: id)
             state.groups[id] = group
             if state.closeRequest != nil {
-                group.failUnsettled(with: Self.closedError)
+                group.failUnsettled(with: Self.closedBeforeEnqueue)
             } else {
                 state.submitted.append(SendRequest(records: records, group: id))
                 if state.ownerIdle {
@@ -149,11 +150,11 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
                 return (state.closeRequest, !state.flushWaiters.isEmpty)
             }
             if let flushTimeout = closeRequest {
-                for request in backlog { fail(group: request.group, indices: request.next..<request.records.count, with: Self.closedError) }
+                for request in backlog { fail(group: request.group, indices: request.next..<request.records.count, with: Self.closedBeforeEnqueue) }
                 shutDown(rk, mainQueue: mainQueue, flushTimeout: flushTimeout, topicHandles: topicHandles)
                 return
             }
-            let queueFull = enqueue(&backlog, client: rk, mainQueue: mainQueue)
+            let queueFull = enqueueBacklog(&backlog, client: rk, mainQueue: mainQueue)
             if flushing {
                 flushCycle(rk, mainQueue: mainQueue)
             } else if queueFull {
@@ -179,7 +180,7 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// Hands the backlog's records to librdkafka in order until the local queue is full, and
     /// fails the rest of every request that has found it full for `enqueueTimeout`. Drops the
     /// requests that are done; true when requests are left waiting for room.
-    private func enqueue(_ backlog: inout [SendRequest], client rk: OpaquePointer, mainQueue: OpaquePointer) -> Bool {
+    private func enqueueBacklog(_ backlog: inout [SendRequest], client rk: OpaquePointer, mainQueue: OpaquePointer) -> Bool {
         var queueFull = false
         let now = ContinuousClock.now
         for position in backlog.indices {
@@ -259,7 +260,8 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// into a buffer for the call (librdkafka copies them again before it returns). Records
     /// refused for another reason than a full queue are failed in the group. Returns how many
     /// records from the start of `range` are done, and `QUEUE_FULL` when a full queue stopped
-    /// the call there.
+    /// the call there, or librdkafka's error when it gives no handle for the topic (nothing
+    /// done; the caller fails the run).
     private func enqueueBatch(
         _ records: UnsafeBufferPointer<ProducerRecord>, _ range: Range<Int>, byteCount: Int, group: UInt64, client rk: OpaquePointer
     ) -> (done: Int, code: rd_kafka_resp_err_t) {
@@ -460,12 +462,12 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
         rd_kafka_queue_destroy(mainQueue)
         topicHandles.forEach(rd_kafka_topic_destroy)
         rd_kafka_destroy(rk)
-        let closedError = KafkaError(kind: .closed, message: "producer closed before delivery", persistence: .possiblyPersisted)
+        let closedBeforeDelivery = KafkaError(kind: .closed, message: "producer closed before delivery", persistence: .possiblyPersisted)
         let (finished, flushWaiters, closeWaiters) = state.withLock { state in
             state.closed = true
             var finished: [(CheckedContinuation<DeliveryGroup, Never>, DeliveryGroup)] = []
             for (id, group) in state.groups {
-                group.failUnsettled(with: closedError)
+                group.failUnsettled(with: closedBeforeDelivery)
                 if let waiter = group.waiter {  // else its sender has not started waiting: `outcomes(of:)` finds it complete
                     finished.append((waiter, group))
                     state.groups[id] = nil
