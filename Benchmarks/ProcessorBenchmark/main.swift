@@ -303,15 +303,19 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         print("waiting for the processor to fold the usage log …")
         let db = try await PostgresConnection.connect(server.connectionString)
         let deadline = ContinuousClock.now + .seconds(2 * foldDeferralSeconds) + .milliseconds(2 * foldIntervalMs)
-        while true {
-            let left = try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") ?? 0
-            if left == 0 { break }
-            guard ContinuousClock.now < deadline else {
-                await db.close()
-                throw ValidationError("the processor left \(left) usage log rows unfolded; is --fold-interval-ms longer than the run?")
+        do {
+            while true {
+                let left = try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") ?? 0
+                if left == 0 { break }
+                guard ContinuousClock.now < deadline else {
+                    throw ValidationError("the processor left \(left) usage log rows unfolded; is --fold-interval-ms longer than the run?")
+                }
+                print("usage log rows not folded yet: \(left)")
+                try await Task.sleep(for: .seconds(1))
             }
-            print("usage log rows not folded yet: \(left)")
-            try await Task.sleep(for: .seconds(1))
+        } catch {
+            await db.close()
+            throw error
         }
         await db.close()
     }

@@ -88,10 +88,10 @@ struct SinkBenchmark: AsyncParsableCommand {
                 // tables, off the commit path (processors do it every second).
                 print("folding the usage log …")
                 let foldStarted = ContinuousClock.now
-                let folded = try await sink.foldUsageLog()
+                let folded = try await sink.foldLogs()
                 guard folded == rows else { throw ValidationError("folded \(folded) of \(rows) log rows") }
                 let foldSeconds = seconds(since: foldStarted)
-                results.append(("SinkStore.foldUsageLog: the logged rows merged into the keyed usage tables, one statement", foldSeconds))
+                results.append(("SinkStore.foldLogs: the logged rows merged into the keyed usage tables, one statement", foldSeconds))
                 results.append(("logged commits + fold, end to end", commitSeconds + foldSeconds))
             }
             await sink.close()

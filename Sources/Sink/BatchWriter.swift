@@ -5,7 +5,7 @@ import Tenancy
 /// How `commit` writes usage rows; all give the same result as readers see it (BENCHMARKS.md
 /// compares them).
 public enum SinkWriteMethod: Sendable {
-    /// `COPY` into the unindexed usage log, which `SinkStore.foldUsageLog` later merges into
+    /// `COPY` into the unindexed usage log, which `SinkStore.foldLogs` later merges into
     /// the keyed usage tables; readers see both merged.
     case loggedDeltas
     /// `COPY` into a temporary staging table, then one `INSERT … SELECT … ON CONFLICT`. Writes
@@ -199,7 +199,7 @@ private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter)
 /// merged per window first, then upserted with the same merge as a commit's, in one statement;
 /// then their stats log rows into the event stats the same way. Returns the number of usage
 /// log rows moved.
-func foldUsageLog(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
+func foldLogs(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
     let selection = tenants.map { _ in "WHERE tenant = ANY(string_to_array($1, ','))" } ?? ""
     let parameters = tenants.map { [tenantList($0)] } ?? []
     try db.query(

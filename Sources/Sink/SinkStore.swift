@@ -214,7 +214,7 @@ public final class SinkStore: Sendable {
     /// table of limited size; when that runs out ("out of shared memory"), the fold goes on
     /// in transactions of half as many tenants, down to one tenant a transaction.
     @discardableResult
-    public func foldUsageLog() async throws(SinkError) -> Int64 {
+    public func foldLogs() async throws(SinkError) -> Int64 {
         do {
             return try await foldOnce(tenants: nil) ?? 0
         } catch where error.isOutOfLocks {
@@ -240,7 +240,7 @@ public final class SinkStore: Sendable {
     private func foldOnce(tenants: [TenantID]?) async throws(SinkError) -> Int64? {
         try await run { db in
             guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
-            return try Sink.foldUsageLog(tenants: tenants, db)
+            return try Sink.foldLogs(tenants: tenants, db)
         }
     }
 

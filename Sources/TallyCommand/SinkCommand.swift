@@ -85,7 +85,7 @@ struct SinkCommand: AsyncParsableCommand {
 
         func run() async throws {
             let store = connection.makeStore()
-            let folded = try await store.foldUsageLog()
+            let folded = try await store.foldLogs()
             await store.close()
             emit("folded \(folded) usage log rows")
         }

@@ -140,7 +140,7 @@ import Testing
         try await compareUsage(in: "tally.usage_current", world, db)
         try await compareStats(in: "tally.event_stats_current", world, db)
         let sink = SinkStore(conninfo: world.server.connectionString)
-        try await sink.foldUsageLog()
+        try await sink.foldLogs()
         await sink.close()
         #expect(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") == 0)
         #expect(try await db.query("SELECT count(*) AS n FROM tally.event_stats_log")[0].int64("n") == 0)

@@ -226,7 +226,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await db.execute("CREATE ROLE acme_dashboard LOGIN IN ROLE tally_reader_acme")
             let reader = try await PostgresConnection.connect(server.connectionString(database: "postgres", user: "acme_dashboard"))
             #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1, "from the usage log")
-            try await sink.foldUsageLog()
+            try await sink.foldLogs()
             #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage")[0].int64("n") == 1, "folded")
             #expect(try await reader.query("SELECT count(*) AS n FROM tenant_acme.usage_folded")[0].int64("n") == 1)
             for table in ["event_stats", "rejections", "seen_events", "usage_distinct"] {

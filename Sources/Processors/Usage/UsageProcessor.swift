@@ -109,7 +109,7 @@ public final class UsageProcessor: Sendable {
         while !Task.isCancelled {
             if !catchingUp.load(ordering: .relaxed) || lastFold.duration(to: .now) >= configuration.foldDeferralLimit {
                 lastFold = .now
-                do { try await store.foldUsageLog() } catch { logger.warning("could not fold the usage log: \(error)") }
+                do { try await store.foldLogs() } catch { logger.warning("could not fold the usage and stats logs: \(error)") }
             }
             try? await Task.sleep(for: configuration.foldInterval)
         }
