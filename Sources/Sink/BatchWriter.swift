@@ -18,12 +18,14 @@ public enum SinkWriteMethod: Sendable {
 
 /// Writes everything of a batch but the offsets, inside the commit's transaction, in this
 /// order: event identities (dropping events counted before), distinct values of unique
-/// counts, usage deltas merged into their windows, per-day stats, rejections.
-func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated PostgresConnection) throws {
+/// counts, usage deltas merged into their windows, per-day stats, rejections. Identities and
+/// distinct values are checked against the tenants' dedupe states (see `DedupeStates`).
+func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
     var usage = batch.usage
     var stats: [StatsKey: EventStats] = [:]
+    var states = try checkOutDedupeStates(for: batch, from: dedupeStates, db)
     if !batch.events.isEmpty {
-        let (fresh, repeated) = try recordEventIdentities(batch.events, db)
+        let (fresh, repeated) = try recordEventIdentities(batch.events, in: &states, db)
         usage.reserveCapacity(usage.count + fresh.reduce(0) { $0 + $1.usage.count })
         for event in fresh {
             usage += event.usage
@@ -44,7 +46,8 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
         let key = UsageKey(row)
         if let earlier = deltas[key] { deltas[key] = earlier.merged(with: row) } else { deltas[key] = row }
     }
-    if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, db) }
+    if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, in: &states, db) }
+    dedupeStates.checkIn(states.filter { $0.value.owner != nil })
     if !deltas.isEmpty {
         switch writeMethod {
         case .loggedDeltas: try appendUsageToLog(deltas.values, db)
@@ -56,18 +59,81 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, _ db: isolated
     if !batch.rejections.isEmpty { try recordRejections(batch.rejections, db) }
 }
 
+/// The dedupe state of every tenant the batch has events or unique-count deltas of. A tenant
+/// whose events all come from one partition the batch holds a position of has an owner: its
+/// state is checked out of `dedupeStates` when held for that owner, and loaded otherwise. Any
+/// other tenant's state is loaded for this commit alone, under a lock all such commits take.
+/// Called after the batch's epochs were checked, so no one else commits an owned tenant.
+private func checkOutDedupeStates(
+    for batch: SinkBatch, from dedupeStates: DedupeStates, _ db: isolated PostgresConnection
+) throws -> [TenantID: TenantDedupeState] {
+    var owners: [TenantID: DedupeOwner] = [:]
+    var ownerless: Set<TenantID> = []
+    for event in batch.events {
+        guard let partition = event.partition, let position = batch.positions[partition] else {
+            ownerless.insert(event.tenant)
+            continue
+        }
+        let owner = DedupeOwner(group: batch.consumerGroup, partition: partition, epoch: position.epoch)
+        if let earlier = owners.updateValue(owner, forKey: event.tenant), earlier != owner { ownerless.insert(event.tenant) }
+        for row in event.usage where row.tenant != event.tenant { ownerless.insert(row.tenant) }
+    }
+    for row in batch.usage where row.aggregation == .uniqueCount { ownerless.insert(row.tenant) }
+    for tenant in ownerless { owners[tenant] = nil }
+    dedupeStates.drop(ownerless)
+    var states = dedupeStates.checkOut(owners)
+    if !ownerless.isEmpty { try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.ownerless-dedupe'))") }
+    let missing = ownerless.union(owners.keys.filter { states[$0] == nil })
+    if !missing.isEmpty {
+        for (tenant, var state) in try loadDedupeStates(of: missing, db) {
+            state.owner = owners[tenant]
+            states[tenant] = state
+        }
+    }
+    return states
+}
+
+/// The committed identities and distinct values of `tenants`.
+private func loadDedupeStates(of tenants: Set<TenantID>, _ db: isolated PostgresConnection) throws -> [TenantID: TenantDedupeState] {
+    var states = Dictionary(uniqueKeysWithValues: tenants.map { ($0, TenantDedupeState()) })
+    let selection = [tenantList(tenants)]
+    for row in try db.query(
+        """
+        SELECT tenant, source, event_id, (extract(epoch FROM event_time) * 1000000)::bigint AS event_time_us
+        FROM tally.event_identities WHERE tenant = ANY(string_to_array($1, ','))
+        """, selection)
+    {
+        let digest = Digest.identity(source: try row.string("source") ?? "", id: try row.string("event_id") ?? "")
+        states[try tenantID(in: row, column: "tenant")]?.identities[digest] = try row.int64("event_time_us") ?? 0
+    }
+    for row in try db.query(
+        """
+        SELECT tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS window_start_us, group_key, value_key
+        FROM tally.distinct_values WHERE tenant = ANY(string_to_array($1, ','))
+        """, selection)
+    {
+        let digest = Digest.distinctValue(
+            meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "", windowSize: try row.string("window_size") ?? "",
+            windowStartMicroseconds: try row.int64("window_start_us") ?? 0, groupKey: try row.string("group_key") ?? "",
+            value: try row.string("value_key") ?? "")
+        states[try tenantID(in: row, column: "tenant")]?.distinctValues.insert(digest)
+    }
+    return states
+}
+
 /// Splits events into those seen for the first time, now recorded, and repeats (of earlier
 /// batches or earlier in this one).
-private func recordEventIdentities(_ events: [CountedEvent], _ db: isolated PostgresConnection) throws -> (fresh: [CountedEvent], repeated: [CountedEvent]) {
-    var firstInBatch: [EventIdentity: Int] = [:]
-    firstInBatch.reserveCapacity(events.count)
+private func recordEventIdentities(
+    _ events: [CountedEvent], in states: inout [TenantID: TenantDedupeState], _ db: isolated PostgresConnection
+) throws -> (fresh: [CountedEvent], repeated: [CountedEvent]) {
+    var fresh: [CountedEvent] = []
     var repeated: [CountedEvent] = []
-    var candidates: [CountedEvent] = []
+    fresh.reserveCapacity(events.count)
     for event in events {
-        let identity = EventIdentity(tenant: event.tenant.rawValue, source: event.source, id: event.id)
-        if firstInBatch[identity] == nil {
-            firstInBatch[identity] = candidates.count
-            candidates.append(event)
+        let digest = Digest.identity(source: event.source, id: event.id)
+        if states[event.tenant, default: TenantDedupeState()].identities[digest] == nil {
+            states[event.tenant, default: TenantDedupeState()].identities[digest] = microseconds(event.time)
+            fresh.append(event)
         } else {
             repeated.append(event)
         }
@@ -77,46 +143,50 @@ private func recordEventIdentities(_ events: [CountedEvent], _ db: isolated Post
         CREATE TEMP TABLE IF NOT EXISTS sink_events (tenant text, source text, event_id text, event_time_us bigint)
         ON COMMIT DELETE ROWS
         """)
-    try db.copy(into: "sink_events", columns: ["tenant", "source", "event_id", "event_time_us"], rows: candidates) { event, fields in
+    try db.copy(into: "sink_events", columns: ["tenant", "source", "event_id", "event_time_us"], rows: fresh) { event, fields in
         fields.append(event.tenant.rawValue)
         fields.append(event.source)
         fields.append(event.id)
         fields.append(microseconds(event.time))
     }
-    let inserted = try db.query(
+    try db.execute(
         """
         INSERT INTO tally.event_identities (tenant, source, event_id, event_time)
         SELECT tenant, source, event_id, 'epoch'::timestamptz + event_time_us * interval '1 microsecond' FROM sink_events
-        ON CONFLICT DO NOTHING
-        RETURNING tenant, source, event_id
         """)
-    var isFresh = [Bool](repeating: false, count: candidates.count)
-    for row in inserted {
-        let identity = EventIdentity(tenant: try row.string("tenant") ?? "", source: try row.string("source") ?? "", id: try row.string("event_id") ?? "")
-        if let index = firstInBatch[identity] { isFresh[index] = true }
-    }
-    let fresh = candidates.indices.filter { isFresh[$0] }.map { candidates[$0] }
-    repeated += candidates.indices.filter { !isFresh[$0] }.map { candidates[$0] }
     return (fresh, repeated)
 }
 
-/// Records the distinct values of the unique-count deltas and sets each delta's value to how
-/// many of its values are new to the window.
-private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: isolated PostgresConnection) throws {
+/// Records the distinct values of the unique-count deltas new to their windows and sets each
+/// delta's value to how many of its values are new.
+private func countNewDistinctValues(
+    _ deltas: inout [UsageKey: UsageRow], in states: inout [TenantID: TenantDedupeState], _ db: isolated PostgresConnection
+) throws {
     try db.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS sink_distinct (
             tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text, value_key text
         ) ON COMMIT DELETE ROWS
         """)
-    var uniqueCounts: [UsageKey] = []
-    var staged: [(key: UsageKey, value: String)] = []
+    var new: [(key: UsageKey, value: String)] = []
+    var newCounts: [(key: UsageKey, count: Int)] = []
     for (key, row) in deltas where row.aggregation == .uniqueCount {
-        uniqueCounts.append(key)
-        for value in row.distinctValues { staged.append((key, value)) }
+        let windowStart = microseconds(key.windowStart)
+        var newValues = 0
+        for value in row.distinctValues {
+            let digest = Digest.distinctValue(
+                meter: key.meter, subject: key.subject, windowSize: key.windowSize, windowStartMicroseconds: windowStart, groupKey: key.groupKey,
+                value: value)
+            if states[key.tenant, default: TenantDedupeState()].distinctValues.insert(digest).inserted {
+                newValues += 1
+                new.append((key, value))
+            }
+        }
+        newCounts.append((key, newValues))
     }
+    for (key, count) in newCounts { deltas[key]?.value = Decimal(count) }
     try db.copy(
-        into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"], rows: staged
+        into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"], rows: new
     ) { entry, fields in
         let (key, value) = entry
         fields.append(key.tenant.rawValue)
@@ -127,23 +197,12 @@ private func countNewDistinctValues(_ deltas: inout [UsageKey: UsageRow], _ db: 
         fields.append(key.groupKey)
         fields.append(value)
     }
-    let inserted = try db.query(
+    try db.execute(
         """
         INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
         SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key, value_key
         FROM sink_distinct
-        ON CONFLICT DO NOTHING
-        RETURNING tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS window_start_us, group_key
         """)
-    var newValues: [UsageKey: Int] = [:]
-    for row in inserted {
-        let key = UsageKey(
-            tenant: try TenantID(try row.string("tenant") ?? ""), meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "",
-            windowSize: try row.string("window_size") ?? "",
-            windowStart: Date(timeIntervalSince1970: Double(try row.int64("window_start_us") ?? 0) / 1_000_000), groupKey: try row.string("group_key") ?? "")
-        newValues[key, default: 0] += 1
-    }
-    for key in uniqueCounts { deltas[key]?.value = Decimal(newValues[key] ?? 0) }
 }
 
 private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count, first_event_at, last_event_at"
@@ -369,10 +428,6 @@ struct UsageKey: Hashable {
             tenant: row.tenant, meter: row.meter, subject: row.subject, windowSize: row.windowSize.rawValue, windowStart: row.windowStart,
             groupKey: row.groupKey)
     }
-}
-
-private struct EventIdentity: Hashable {
-    let tenant: String, source: String, id: String
 }
 
 private struct StatsKey: Hashable {

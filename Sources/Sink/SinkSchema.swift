@@ -210,6 +210,16 @@ enum SinkSchema {
             CREATE INDEX rejected_inputs_tenant ON tally.rejected_inputs (tenant);
             """
         ),
+        (
+            7,
+            """
+            -- Commits check identities and distinct values against in-memory states of the
+            -- partitions' owners (Sink `DedupeStates`), which these tables rebuild: their
+            -- unique keys, whose index inserts cost more than the rest of a commit, go.
+            ALTER TABLE tally.event_identities DROP CONSTRAINT event_identities_pkey;
+            ALTER TABLE tally.distinct_values DROP CONSTRAINT distinct_values_pkey;
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a

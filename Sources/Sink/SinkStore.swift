@@ -15,20 +15,28 @@ public final class SinkStore: Sendable {
     private let current = Mutex<PostgresConnection?>(nil)
     /// Tenants whose schema is known to be at the latest version.
     private let readyTenants = Mutex<Set<TenantID>>([])
+    /// Shared with the stores of `withOwnConnection()`, whose commits may own the partitions.
+    private let dedupeStates: DedupeStates
 
     /// `conninfo` is a libpq connection string or URL; connecting happens on first use. With a
     /// `lockTimeout`, a transaction that waits longer than that for a lock fails instead of
     /// queueing behind it (SQLSTATE 55P03), e.g. migrations on a busy database.
-    public init(conninfo: String, lockTimeout: Duration? = nil, writeMethod: SinkWriteMethod = .loggedDeltas) {
+    public convenience init(conninfo: String, lockTimeout: Duration? = nil, writeMethod: SinkWriteMethod = .loggedDeltas) {
+        self.init(conninfo: conninfo, lockTimeout: lockTimeout, writeMethod: writeMethod, dedupeStates: DedupeStates())
+    }
+
+    private init(conninfo: String, lockTimeout: Duration?, writeMethod: SinkWriteMethod, dedupeStates: DedupeStates) {
         self.conninfo = conninfo
         self.lockTimeout = lockTimeout
         self.writeMethod = writeMethod
+        self.dedupeStates = dedupeStates
     }
 
     /// A store with the same settings and a connection of its own, for work that should not
-    /// queue behind this store's commits, such as folding the usage log.
+    /// queue behind this store's commits, such as folding the usage log or committing the
+    /// batches of other partitions. It shares this store's in-memory dedupe states.
     public func withOwnConnection() -> SinkStore {
-        SinkStore(conninfo: conninfo, lockTimeout: lockTimeout, writeMethod: writeMethod)
+        SinkStore(conninfo: conninfo, lockTimeout: lockTimeout, writeMethod: writeMethod, dedupeStates: dedupeStates)
     }
 
     /// Creates or migrates the control schema. Safe to run from many processes at once.
@@ -193,14 +201,26 @@ public final class SinkStore: Sendable {
     /// stats and rejections are recorded. A position whose epoch is not the partition's
     /// current one fails the whole batch as `fenced`; any other failure also leaves nothing
     /// behind.
+    ///
+    /// Identities and distinct values are checked in memory, against the state of each
+    /// tenant as of the last commit (see `CountedEvent.partition`): a tenant's events must be
+    /// committed by the owner of its partition alone (the events topic is keyed by tenant).
     public func commit(_ batch: SinkBatch) async throws(SinkError) {
-        try await ensureTenants(Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant)))
+        let tenants = Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant))
+        try await ensureTenants(tenants)
         do {
             try await apply(batch)
-        } catch let error where error.isConnectionLoss {
+        } catch {
             // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
             // Its positions (offset and epoch) are stored with it, so they tell which.
-            if try await isStored(batch) { return }
+            do {
+                if error.isConnectionLoss, try await isStored(batch) { return }
+            } catch {
+                dedupeStates.drop(tenants)
+                throw error
+            }
+            // The states hold what this batch would have added: read them again next time.
+            dedupeStates.drop(tenants)
             throw error
         }
     }
@@ -244,15 +264,18 @@ public final class SinkStore: Sendable {
         }
     }
 
-    /// Forgets counted event identities older than `cutoff`: duplicates of older events are
-    /// no longer recognised (the dedupe horizon). Returns how many were removed.
+    /// Forgets counted event identities older than `cutoff`, in Postgres and in the states in
+    /// memory: duplicates of older events are no longer recognised (the dedupe horizon).
+    /// Returns how many were removed from Postgres.
     @discardableResult
     public func forgetEvents(before cutoff: Date) async throws(SinkError) -> Int64 {
-        try await run { db in
+        let removed = try await run { db in
             try db.query(
                 "WITH gone AS (DELETE FROM tally.event_identities WHERE event_time < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
                 [.timestamptz(cutoff)])[0].int64("n") ?? 0
         }
+        dedupeStates.forgetIdentities(before: cutoff)
+        return removed
     }
 
     /// Whether every position of the batch is what the offset store holds.
@@ -263,7 +286,7 @@ public final class SinkStore: Sendable {
     }
 
     private func apply(_ batch: SinkBatch) async throws(SinkError) {
-        try await run { [writeMethod] db in
+        try await run { [writeMethod, dedupeStates] db in
             for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
                 let current = try db.query(
                     "SELECT epoch FROM tally.partition_owners WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
@@ -273,7 +296,7 @@ public final class SinkStore: Sendable {
                     throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
                 }
             }
-            try writeBatch(batch, writeMethod: writeMethod, db)
+            try writeBatch(batch, writeMethod: writeMethod, dedupeStates: dedupeStates, db)
             for (partition, position) in batch.positions {
                 try db.query(
                     """

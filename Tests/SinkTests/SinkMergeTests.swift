@@ -96,9 +96,11 @@ import Testing
         }
     }
 
-    /// Another transaction is recording an identity and a distinct value of the batch when it
-    /// commits: the commit's inserts wait for that transaction and, once it commits, skip both,
-    /// so that event counts as a repeat and that value as known.
+    /// Commits of events without an owned partition read their tenants' identities and
+    /// distinct values from Postgres one at a time: another such commit (here a transaction
+    /// holding the same lock) is recording an identity and a distinct value of the batch; the
+    /// commit waits for it and, once it commits, counts that event as a repeat and that value
+    /// as known.
     @Test func identitiesAndDistinctValuesTakenByAConcurrentWriterCountAsKnown() async throws {
         try await withSink(writeMethod: .loggedDeltas) { sink, db, server in
             let acme = try TenantID("acme")
@@ -113,13 +115,14 @@ import Testing
             try await rival.execute(
                 """
                 BEGIN;
+                SELECT pg_advisory_xact_lock(hashtext('tally.ownerless-dedupe'));
                 INSERT INTO tally.event_identities (tenant, source, event_id, event_time) VALUES ('acme', '/api', 'e1', now());
                 INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
                     VALUES ('acme', 'unique_count', 'customer_1', 'hour', to_timestamp(\(Self.hour.timeIntervalSince1970)), '', 'u2');
                 """)
             let batch = SinkBatch(consumerGroup: "usage", positions: [:], events: [try event("e1", user: "u1"), try event("e2", user: "u2")])
             let committing = Task { try await sink.commit(batch) }
-            // The commit's insert waits for the rival's transaction.
+            // The commit waits for the rival's transaction.
             let deadline = ContinuousClock.now + .seconds(30)
             while try await db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", [.int32(Int32(rivalPID))])[0].int64("n") == 0 {
                 try #require(ContinuousClock.now < deadline, "the commit never waited for the rival's transaction")

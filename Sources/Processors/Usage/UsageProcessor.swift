@@ -211,7 +211,7 @@ public final class UsageProcessor: Sendable {
                 continue
             }
             let (rows, failures) = calculator.usage(of: event)
-            batch.sink.events.append(CountedEvent(tenant: event.tenant, source: event.source, id: event.id, time: event.time.date, usage: rows))
+            batch.sink.events.append(CountedEvent(tenant: event.tenant, source: event.source, id: event.id, time: event.time.date, usage: rows, partition: partition))
             for failure in failures {
                 batch.sink.rejections.append(
                     RejectedInput(tenant: event.tenant, kind: .meter, meter: failure.meter, source: event.source, eventID: event.id,

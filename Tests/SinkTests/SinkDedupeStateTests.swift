@@ -1,0 +1,90 @@
+import Foundation
+import Postgres
+import Sink
+import Tenancy
+import Testing
+
+/// The partition owner's identities and distinct values live in memory between commits; they
+/// must always equal what Postgres committed: after another owner's commits, after a failed
+/// commit, and past the dedupe horizon.
+@Suite struct SinkDedupeStateTests {
+    static let hour = Date(timeIntervalSince1970: 1_764_288_000)
+    static let partition = LogPartition(topic: "events", partition: 3)
+
+    /// An event of acme read from `partition`, counted by a count and a unique-count meter.
+    func event(_ id: String, user: String) throws -> CountedEvent {
+        let acme = try TenantID("acme")
+        func window(_ aggregation: Aggregation, distinct: Set<String> = []) -> UsageRow {
+            UsageRow(
+                tenant: acme, meter: aggregation.rawValue, subject: "s", windowSize: .hour, windowStart: Self.hour, aggregation: aggregation,
+                value: aggregation == .count ? 1 : 0, total: 0, eventCount: 1, firstEventAt: Self.hour.addingTimeInterval(5),
+                lastEventAt: Self.hour.addingTimeInterval(5), distinctValues: distinct)
+        }
+        return CountedEvent(
+            tenant: acme, source: "/api", id: id, time: Self.hour.addingTimeInterval(5), usage: [window(.count), window(.uniqueCount, distinct: [user])],
+            partition: Self.partition)
+    }
+
+    func batch(_ events: [CountedEvent], epoch: Int64, nextOffset: Int64) -> SinkBatch {
+        SinkBatch(consumerGroup: "usage", positions: [Self.partition: CommittedPosition(nextOffset: nextOffset, epoch: epoch)], events: events)
+    }
+
+    /// acme's `count` and `unique_count` values and its counted and deduplicated events.
+    func totals(_ db: PostgresConnection) async throws -> [Int64] {
+        let usage = Dictionary(uniqueKeysWithValues: try await db.query("SELECT meter, value::bigint AS v FROM tenant_acme.usage").map {
+            (try $0.string("meter")!, try $0.int64("v")!)
+        })
+        let stats = try await db.query("SELECT counted, deduplicated FROM tenant_acme.event_stats")[0]
+        return [usage["count"] ?? 0, usage["unique_count"] ?? 0, try stats.int64("counted")!, try stats.int64("deduplicated")!]
+    }
+
+    /// Two processes (two stores, each with its own memory) take the partition from each other:
+    /// each new owner reads what the others committed, here a stale state would count e3 and
+    /// u2 twice.
+    @Test func eachNewOwnerOfAPartitionCountsWhatTheEarlierOwnersCommitted() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { first, db, server in
+            let second = SinkStore(conninfo: server.connectionString)
+            let epoch1 = try await first.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await first.commit(batch([try event("e1", user: "u1"), try event("e2", user: "u1")], epoch: epoch1, nextOffset: 2))
+            let epoch2 = try await second.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await second.commit(batch([try event("e2", user: "u1"), try event("e3", user: "u2")], epoch: epoch2, nextOffset: 4))
+            let epoch3 = try await first.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await first.commit(batch([try event("e3", user: "u2"), try event("e4", user: "u2")], epoch: epoch3, nextOffset: 6))
+            // count: e1 e2 e3 e4; unique_count: u1 u2; e2 and e3 came twice.
+            #expect(try await totals(db) == [4, 2, 4, 2])
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.seen_events", db) == 4)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.usage_distinct", db) == 2)
+            await second.close()
+        }
+    }
+
+    /// A commit that fails after its identities and distinct values were checked (a bad usage
+    /// row breaks a constraint) leaves them unrecorded in memory too: the retry counts them.
+    @Test func aFailedCommitLeavesNothingInTheStateForItsRetry() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            let epoch = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try event("e1", user: "u1")], epoch: epoch, nextOffset: 1))
+            var failing = batch([try event("e2", user: "u2")], epoch: epoch, nextOffset: 2)
+            failing.usage = [
+                UsageRow(
+                    tenant: try TenantID("acme"), meter: "broken", subject: "s", windowSize: .hour, windowStart: Self.hour, aggregation: .count,
+                    value: 1, eventCount: -1, firstEventAt: Self.hour, lastEventAt: Self.hour)
+            ]
+            await #expect(throws: SinkError.self) { try await sink.commit(failing) }
+            try await sink.commit(batch([try event("e2", user: "u2")], epoch: epoch, nextOffset: 2))
+            #expect(try await totals(db) == [2, 2, 2, 0])
+        }
+    }
+
+    /// Past the horizon an identity is forgotten in memory as in Postgres: its event counts again.
+    @Test func anIdentityPastTheHorizonCountsAgain() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            let epoch = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try event("e1", user: "u1")], epoch: epoch, nextOffset: 1))
+            try await sink.commit(batch([try event("e1", user: "u1")], epoch: epoch, nextOffset: 2))
+            #expect(try await sink.forgetEvents(before: Self.hour.addingTimeInterval(60)) == 1)
+            try await sink.commit(batch([try event("e1", user: "u1")], epoch: epoch, nextOffset: 3))
+            #expect(try await totals(db) == [2, 1, 2, 1])
+        }
+    }
+}
