@@ -43,8 +43,8 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: 
     var deltas: [UsageKey: UsageRow] = [:]
     deltas.reserveCapacity(usage.count)
     for row in usage {
-        let key = UsageKey(row)
-        if let earlier = deltas[key] { deltas[key] = earlier.merged(with: row) } else { deltas[key] = row }
+        // One hash lookup for a new window, the common case.
+        if let earlier = deltas.updateValue(row, forKey: UsageKey(row)) { deltas[UsageKey(row)] = earlier.merged(with: row) }
     }
     if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, in: &states, db) }
     dedupeStates.checkIn(states.filter { $0.value.owner != nil })
