@@ -23,9 +23,9 @@ public enum SinkWriteMethod: Sendable {
 func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
     var usage = batch.usage
     var stats: [StatsKey: EventStats] = [:]
-    var states = try checkOutDedupeStates(for: batch, from: dedupeStates, db)
+    var dedupe = try BatchDedupe(for: batch, from: dedupeStates, db)
     if !batch.events.isEmpty {
-        let (fresh, repeated) = try recordEventIdentities(batch.events, in: &states, db)
+        let (fresh, repeated) = try recordEventIdentities(batch.events, in: &dedupe, db)
         usage.reserveCapacity(usage.count + fresh.reduce(0) { $0 + $1.usage.count })
         for event in fresh {
             usage += event.usage
@@ -46,8 +46,8 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: 
         // One hash lookup for a new window, the common case.
         if let earlier = deltas.updateValue(row, forKey: UsageKey(row)) { deltas[UsageKey(row)] = earlier.merged(with: row) }
     }
-    if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, in: &states, db) }
-    dedupeStates.checkIn(states.filter { $0.value.owner != nil })
+    if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, in: &dedupe, db) }
+    dedupe.checkIn(to: dedupeStates)
     if !deltas.isEmpty {
         switch writeMethod {
         case .loggedDeltas: try appendUsageToLog(deltas.values, db)
@@ -59,80 +59,16 @@ func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: 
     if !batch.rejections.isEmpty { try recordRejections(batch.rejections, db) }
 }
 
-/// The dedupe state of every tenant the batch has events or unique-count deltas of. A tenant
-/// whose events all come from one partition the batch holds a position of has an owner: its
-/// state is checked out of `dedupeStates` when held for that owner, and loaded otherwise. Any
-/// other tenant's state is loaded for this commit alone, under a lock all such commits take.
-/// Called after the batch's epochs were checked, so no one else commits an owned tenant.
-private func checkOutDedupeStates(
-    for batch: SinkBatch, from dedupeStates: DedupeStates, _ db: isolated PostgresConnection
-) throws -> [TenantID: TenantDedupeState] {
-    var owners: [TenantID: DedupeOwner] = [:]
-    var ownerless: Set<TenantID> = []
-    for event in batch.events {
-        guard let partition = event.partition, let position = batch.positions[partition] else {
-            ownerless.insert(event.tenant)
-            continue
-        }
-        let owner = DedupeOwner(group: batch.consumerGroup, partition: partition, epoch: position.epoch)
-        if let earlier = owners.updateValue(owner, forKey: event.tenant), earlier != owner { ownerless.insert(event.tenant) }
-        for row in event.usage where row.tenant != event.tenant { ownerless.insert(row.tenant) }
-    }
-    for row in batch.usage where row.aggregation == .uniqueCount { ownerless.insert(row.tenant) }
-    for tenant in ownerless { owners[tenant] = nil }
-    dedupeStates.drop(ownerless)
-    var states = dedupeStates.checkOut(owners)
-    if !ownerless.isEmpty { try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.ownerless-dedupe'))") }
-    let missing = ownerless.union(owners.keys.filter { states[$0] == nil })
-    if !missing.isEmpty {
-        for (tenant, var state) in try loadDedupeStates(of: missing, db) {
-            state.owner = owners[tenant]
-            states[tenant] = state
-        }
-    }
-    return states
-}
-
-/// The committed identities and distinct values of `tenants`.
-private func loadDedupeStates(of tenants: Set<TenantID>, _ db: isolated PostgresConnection) throws -> [TenantID: TenantDedupeState] {
-    var states = Dictionary(uniqueKeysWithValues: tenants.map { ($0, TenantDedupeState()) })
-    let selection = [tenantList(tenants)]
-    for row in try db.query(
-        """
-        SELECT tenant, source, event_id, (extract(epoch FROM event_time) * 1000000)::bigint AS event_time_us
-        FROM tally.event_identities WHERE tenant = ANY(string_to_array($1, ','))
-        """, selection)
-    {
-        let digest = Digest.identity(source: try row.string("source") ?? "", id: try row.string("event_id") ?? "")
-        states[try tenantID(in: row, column: "tenant")]?.identities[digest] = try row.int64("event_time_us") ?? 0
-    }
-    for row in try db.query(
-        """
-        SELECT tenant, meter, subject, window_size, (extract(epoch FROM window_start) * 1000000)::bigint AS window_start_us, group_key, value_key
-        FROM tally.distinct_values WHERE tenant = ANY(string_to_array($1, ','))
-        """, selection)
-    {
-        let digest = Digest.distinctValue(
-            meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "", windowSize: try row.string("window_size") ?? "",
-            windowStartMicroseconds: try row.int64("window_start_us") ?? 0, groupKey: try row.string("group_key") ?? "",
-            value: try row.string("value_key") ?? "")
-        states[try tenantID(in: row, column: "tenant")]?.distinctValues.insert(digest)
-    }
-    return states
-}
-
 /// Splits events into those seen for the first time, now recorded, and repeats (of earlier
 /// batches or earlier in this one).
 private func recordEventIdentities(
-    _ events: [CountedEvent], in states: inout [TenantID: TenantDedupeState], _ db: isolated PostgresConnection
+    _ events: [CountedEvent], in dedupe: inout BatchDedupe, _ db: isolated PostgresConnection
 ) throws -> (fresh: [CountedEvent], repeated: [CountedEvent]) {
     var fresh: [CountedEvent] = []
     var repeated: [CountedEvent] = []
     fresh.reserveCapacity(events.count)
     for event in events {
-        let digest = Digest.identity(source: event.source, id: event.id)
-        if states[event.tenant, default: TenantDedupeState()].identities[digest] == nil {
-            states[event.tenant, default: TenantDedupeState()].identities[digest] = microseconds(event.time)
+        if dedupe.recordIdentity(Digest.identity(source: event.source, id: event.id), time: microseconds(event.time), of: event.tenant) {
             fresh.append(event)
         } else {
             repeated.append(event)
@@ -140,10 +76,14 @@ private func recordEventIdentities(
     }
     try db.execute(
         """
-        CREATE TEMP TABLE IF NOT EXISTS sink_events (tenant text, source text, event_id text, event_time_us bigint)
-        ON COMMIT DELETE ROWS
+        CREATE TEMP TABLE IF NOT EXISTS sink_events (
+            consumer_group text, topic text, partition integer, tenant text, source text, event_id text, event_time_us bigint
+        ) ON COMMIT DELETE ROWS
         """)
-    try db.copy(into: "sink_events", columns: ["tenant", "source", "event_id", "event_time_us"], rows: fresh) { event, fields in
+    try db.copy(
+        into: "sink_events", columns: ["consumer_group", "topic", "partition", "tenant", "source", "event_id", "event_time_us"], rows: fresh
+    ) { event, fields in
+        appendPartitionFields(of: dedupe.partition(of: event.tenant), to: &fields)
         fields.append(event.tenant.rawValue)
         fields.append(event.source)
         fields.append(event.id)
@@ -151,8 +91,9 @@ private func recordEventIdentities(
     }
     try db.execute(
         """
-        INSERT INTO tally.event_identities (tenant, source, event_id, event_time)
-        SELECT tenant, source, event_id, 'epoch'::timestamptz + event_time_us * interval '1 microsecond' FROM sink_events
+        INSERT INTO tally.event_identities (consumer_group, topic, partition, tenant, source, event_id, event_time)
+        SELECT consumer_group, topic, partition, tenant, source, event_id, 'epoch'::timestamptz + event_time_us * interval '1 microsecond'
+        FROM sink_events
         """)
     return (fresh, repeated)
 }
@@ -160,12 +101,13 @@ private func recordEventIdentities(
 /// Records the distinct values of the unique-count deltas new to their windows and sets each
 /// delta's value to how many of its values are new.
 private func countNewDistinctValues(
-    _ deltas: inout [UsageKey: UsageRow], in states: inout [TenantID: TenantDedupeState], _ db: isolated PostgresConnection
+    _ deltas: inout [UsageKey: UsageRow], in dedupe: inout BatchDedupe, _ db: isolated PostgresConnection
 ) throws {
     try db.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS sink_distinct (
-            tenant text, meter text, subject text, window_size text, window_start_us bigint, group_key text, value_key text
+            consumer_group text, topic text, partition integer, tenant text, meter text, subject text, window_size text, window_start_us bigint,
+            group_key text, value_key text
         ) ON COMMIT DELETE ROWS
         """)
     var new: [(key: UsageKey, value: String)] = []
@@ -177,7 +119,7 @@ private func countNewDistinctValues(
             let digest = Digest.distinctValue(
                 meter: key.meter, subject: key.subject, windowSize: key.windowSize, windowStartMicroseconds: windowStart, groupKey: key.groupKey,
                 value: value)
-            if states[key.tenant, default: TenantDedupeState()].distinctValues.insert(digest).inserted {
+            if dedupe.recordDistinctValue(digest, of: key.tenant) {
                 newValues += 1
                 new.append((key, value))
             }
@@ -186,9 +128,12 @@ private func countNewDistinctValues(
     }
     for (key, count) in newCounts { deltas[key]?.value = Decimal(count) }
     try db.copy(
-        into: "sink_distinct", columns: ["tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"], rows: new
+        into: "sink_distinct",
+        columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"],
+        rows: new
     ) { entry, fields in
         let (key, value) = entry
+        appendPartitionFields(of: dedupe.partition(of: key.tenant), to: &fields)
         fields.append(key.tenant.rawValue)
         fields.append(key.meter)
         fields.append(key.subject)
@@ -199,10 +144,18 @@ private func countNewDistinctValues(
     }
     try db.execute(
         """
-        INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
-        SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key, value_key
+        INSERT INTO tally.distinct_values (consumer_group, topic, partition, tenant, meter, subject, window_size, window_start, group_key, value_key)
+        SELECT consumer_group, topic, partition, tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond',
+               group_key, value_key
         FROM sink_distinct
         """)
+}
+
+/// The consumer group, topic and partition whose dedupe state a row belongs to; NULLs for none.
+private func appendPartitionFields(of partition: GroupPartition?, to fields: inout CopyRowWriter) {
+    fields.append(partition?.group)
+    fields.append(partition?.partition.topic)
+    fields.append(partition.map { String($0.partition.partition) })
 }
 
 private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count, first_event_at, last_event_at"

@@ -3,9 +3,10 @@ import Synchronization
 import Tenancy
 
 /// A 128-bit digest of a few fields, standing in for them in memory. Made from two seeded
-/// `Hasher`s (SipHash, random per process), so never stored: states are rebuilt from
-/// Postgres's text rows. Two different identities share a digest with probability about
-/// n² / 2¹²⁹ for n identities of a tenant (below 10⁻²⁰ for a billion).
+/// `Hasher`s (SipHash, keyed at random per process, so inputs cannot be crafted to collide),
+/// thus never stored: states are rebuilt from Postgres's text rows. Two different identities
+/// share a digest with probability about n² / 2¹²⁹ for n identities of a tenant (below 10⁻²⁰
+/// for a billion).
 struct Digest: Hashable {
     private let high: UInt64
     private let low: UInt64
@@ -42,59 +43,83 @@ struct Digest: Hashable {
     }
 }
 
-/// The consumer-group member a tenant's dedupe state was loaded for: valid while commits
-/// carry the same partition epoch, since no one else commits the partition meanwhile.
-struct DedupeOwner: Hashable {
+/// A partition as one consumer group consumes it: the unit of dedupe state.
+struct GroupPartition: Hashable {
     var group: String
     var partition: LogPartition
-    var epoch: Int64
 }
 
 /// What a tenant has counted: its event identities (with their event times, in microseconds)
-/// and the distinct values of its `unique_count` windows, as in `tally.event_identities` and
-/// `tally.distinct_values`.
+/// and the distinct values of its `unique_count` windows.
 struct TenantDedupeState {
-    var owner: DedupeOwner?
     var identities: [Digest: Int64] = [:]
     var distinctValues: Set<Digest> = []
+
+    /// Adds what `other` recorded (keeping this state's time for an identity in both).
+    mutating func formUnion(_ other: TenantDedupeState) {
+        identities.merge(other.identities) { mine, _ in mine }
+        distinctValues.formUnion(other.distinctValues)
+    }
 }
 
-/// The dedupe states of the tenants whose partitions this store's commits own, shared by a
-/// store and the stores made by its `withOwnConnection()`. A commit checks its tenants' states
-/// out (loading those held for another owner epoch, or not held, from Postgres inside its
-/// transaction, after its epoch check), updates them, and checks them back in; a commit that
-/// fails drops its tenants' states, so the next one reloads what was really committed.
-final class DedupeStates: Sendable {
-    private let states = Mutex<[TenantID: TenantDedupeState]>([:])
+/// What the tenants of one partition have counted, complete as of the owner `epoch` it was
+/// loaded for: every identity and distinct value recorded for the partition, plus, for each
+/// tenant in `tenants`, those recorded without a partition (before control migration 8, or by
+/// commits without an owned partition). A tenant missing from `tenants` has no rows for the
+/// partition; its rows without a partition are looked up at its first commit.
+struct PartitionDedupeState {
+    var epoch: Int64
+    var tenants: [TenantID: TenantDedupeState] = [:]
+}
 
-    /// Removes and returns the states of `tenants` held for `owners[tenant]`; tenants without a
-    /// state for that owner are missing from the result.
-    func checkOut(_ owners: [TenantID: DedupeOwner]) -> [TenantID: TenantDedupeState] {
+/// The dedupe states of the partitions this store's commits own, shared by a store and the
+/// stores made by its `withOwnConnection()`. `SinkStore.acquire` loads them; a commit checks
+/// its partitions' states out (loading one held for another epoch, or not held, inside its
+/// transaction after its epoch check), updates them, and checks them back in; a commit that
+/// fails drops its partitions' states, so the next one reloads what was really committed.
+final class DedupeStates: Sendable {
+    private let states = Mutex<[GroupPartition: PartitionDedupeState]>([:])
+
+    /// Removes and returns the states held for the given epochs; partitions without a state
+    /// for their epoch are missing from the result (and a state for another epoch is dropped).
+    func checkOut(_ epochs: [GroupPartition: Int64]) -> [GroupPartition: PartitionDedupeState] {
         states.withLock { states in
-            var found: [TenantID: TenantDedupeState] = [:]
-            for (tenant, owner) in owners {
-                if let state = states.removeValue(forKey: tenant), state.owner == owner { found[tenant] = state }
+            var found: [GroupPartition: PartitionDedupeState] = [:]
+            for (partition, epoch) in epochs {
+                if let state = states.removeValue(forKey: partition), state.epoch == epoch { found[partition] = state }
             }
             return found
         }
     }
 
-    /// Stores states updated by a commit in progress; `drop` undoes this when it fails.
-    func checkIn(_ checkedOut: [TenantID: TenantDedupeState]) {
+    /// Stores states loaded or updated; for a commit in progress, `drop` undoes this when it fails.
+    func checkIn(_ checkedOut: [GroupPartition: PartitionDedupeState]) {
         states.withLock { states in states.merge(checkedOut) { _, new in new } }
     }
 
-    /// Forgets the states of `tenants`: their next commit reloads them.
-    func drop(_ tenants: some Sequence<TenantID>) {
-        states.withLock { states in for tenant in tenants { states[tenant] = nil } }
+    /// Forgets the states of `partitions`: their next commit reloads them.
+    func drop(_ partitions: some Sequence<GroupPartition>) {
+        states.withLock { states in for partition in partitions { states[partition] = nil } }
+    }
+
+    /// Forgets every partition state holding one of `tenants`.
+    func drop(partitionsHolding tenants: Set<TenantID>) {
+        guard !tenants.isEmpty else { return }
+        states.withLock { states in
+            for partition in Array(states.keys) where tenants.contains(where: { states[partition]?.tenants[$0] != nil }) { states[partition] = nil }
+        }
     }
 
     /// Forgets identities of events before `cutoff`, as `SinkStore.forgetEvents` does in Postgres.
     func forgetIdentities(before cutoff: Date) {
         let cutoff = microseconds(cutoff)
         states.withLock { states in
-            for tenant in Array(states.keys) {
-                if let kept = states[tenant]?.identities.filter({ $0.value >= cutoff }) { states[tenant]?.identities = kept }
+            for partition in Array(states.keys) {
+                for tenant in Array(states[partition]!.tenants.keys) {
+                    if let kept = states[partition]?.tenants[tenant]?.identities.filter({ $0.value >= cutoff }) {
+                        states[partition]?.tenants[tenant]?.identities = kept
+                    }
+                }
             }
         }
     }

@@ -108,9 +108,10 @@ public struct CountedEvent: Sendable, Equatable {
     public var time: Date
     /// What this event adds to usage windows (one per meter and window size).
     public var usage: [UsageRow]
-    /// The partition the event was read from. When the batch holds a position of it, the Sink
-    /// keeps the tenant's dedupe state in memory for as long as commits carry that position's
-    /// epoch; otherwise it reads the state from Postgres for this commit alone.
+    /// The partition the event was read from. When the batch holds a position of it, the
+    /// event is checked against that partition's dedupe state, kept in memory for as long as
+    /// commits carry that position's epoch; otherwise against its tenant's rows, read from
+    /// Postgres for this commit alone.
     public var partition: LogPartition?
 
     public init(tenant: TenantID, source: String, id: String, time: Date, usage: [UsageRow], partition: LogPartition? = nil) {

@@ -220,6 +220,19 @@ enum SinkSchema {
             ALTER TABLE tally.distinct_values DROP CONSTRAINT distinct_values_pkey;
             """
         ),
+        (
+            8,
+            """
+            -- Each identity and distinct value names the consumer group and partition whose
+            -- dedupe state it belongs to, so a new owner loads a partition's state at once.
+            -- Rows without (from before, or from commits without an owned partition) are looked
+            -- up by tenant as tenants come, through the partial indexes.
+            ALTER TABLE tally.event_identities ADD COLUMN consumer_group text, ADD COLUMN topic text, ADD COLUMN partition integer;
+            ALTER TABLE tally.distinct_values ADD COLUMN consumer_group text, ADD COLUMN topic text, ADD COLUMN partition integer;
+            CREATE INDEX event_identities_without_partition ON tally.event_identities (tenant) WHERE partition IS NULL;
+            CREATE INDEX distinct_values_without_partition ON tally.distinct_values (tenant) WHERE partition IS NULL;
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a

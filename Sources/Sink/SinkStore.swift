@@ -163,9 +163,11 @@ public final class SinkStore: Sendable {
     }
 
     /// Takes ownership of partitions for a consumer group: each gets a new owner epoch, which
-    /// fences off any earlier owner, and the stored next offset to seek to.
+    /// fences off any earlier owner, and the stored next offset to seek to. Loads the
+    /// partitions' dedupe states (identities and distinct values) for the new epochs, in one
+    /// pass over their tables.
     public func acquire(_ partitions: [LogPartition], group: String) async throws(SinkError) -> [LogPartition: PartitionOwnership] {
-        try await run { db in
+        let owned = try await run { db in
             var owned: [LogPartition: PartitionOwnership] = [:]
             for partition in partitions.sorted() {
                 let key: [PostgresParameter] = [.text(group), .text(partition.topic), .int32(partition.partition)]
@@ -182,6 +184,15 @@ public final class SinkStore: Sendable {
             }
             return owned
         }
+        let epochs = Dictionary(uniqueKeysWithValues: owned.map { (GroupPartition(group: group, partition: $0.key), $0.value.epoch) })
+        // A commit loads a state that is missing; one that fails here is left to it.
+        if let states = try? await run({ db in try loadPartitionStates(epochs, db) }) { dedupeStates.checkIn(states) }
+        return owned
+    }
+
+    /// Forgets the dedupe states of partitions this member no longer owns.
+    public func release(_ partitions: [LogPartition], group: String) {
+        dedupeStates.drop(partitions.map { GroupPartition(group: group, partition: $0) })
     }
 
     /// The stored next offsets of a consumer group.
@@ -203,7 +214,7 @@ public final class SinkStore: Sendable {
     /// behind.
     ///
     /// Identities and distinct values are checked in memory, against the state of each
-    /// tenant as of the last commit (see `CountedEvent.partition`): a tenant's events must be
+    /// partition as of the last commit (see `CountedEvent.partition`): a tenant's events must be
     /// committed by the owner of its partition alone (the events topic is keyed by tenant).
     public func commit(_ batch: SinkBatch) async throws(SinkError) {
         let tenants = Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant))
@@ -213,14 +224,15 @@ public final class SinkStore: Sendable {
         } catch {
             // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
             // Its positions (offset and epoch) are stored with it, so they tell which.
+            let partitions = batch.positions.keys.map { GroupPartition(group: batch.consumerGroup, partition: $0) }
             do {
                 if error.isConnectionLoss, try await isStored(batch) { return }
             } catch {
-                dedupeStates.drop(tenants)
+                dedupeStates.drop(partitions)
                 throw error
             }
             // The states hold what this batch would have added: read them again next time.
-            dedupeStates.drop(tenants)
+            dedupeStates.drop(partitions)
             throw error
         }
     }

@@ -76,6 +76,52 @@ import Testing
         }
     }
 
+    /// Identities and distinct values recorded without a partition (by tenant migration 5, from
+    /// before control migration 8) still count as known for an owner: for a tenant that has rows
+    /// of the partition when it is acquired, and for one first seen afterwards. Owned commits
+    /// record their partition.
+    @Test func rowsWithoutAPartitionCountAsKnownForTheOwner() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            _ = try await sink.acquire([Self.partition], group: "usage")
+            let first = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try event("e1", user: "u1")], epoch: first, nextOffset: 1))
+            #expect(try await db.query("SELECT consumer_group, topic, partition FROM tally.event_identities").map {
+                "\(try $0.string("consumer_group")!) \(try $0.string("topic")!) \(try $0.int64("partition")!)"
+            } == ["usage events 3"])
+            try await db.execute(
+                """
+                INSERT INTO tally.event_identities (tenant, source, event_id, event_time) VALUES
+                    ('acme', '/api', 'old', now()), ('globex', '/api', 'old', now());
+                INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key)
+                    VALUES ('acme', 'unique_count', 's', 'hour', to_timestamp(\(Self.hour.timeIntervalSince1970)), '', 'u9');
+                """)
+            let second = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try event("old", user: "u9"), try event("e2", user: "u9")], epoch: second, nextOffset: 3))
+            // count: e1 e2; unique_count: u1 (u9 was known); old came before.
+            #expect(try await totals(db) == [2, 1, 2, 1])
+            var globexEvent = try event("old", user: "u1")
+            globexEvent.tenant = try TenantID("globex")
+            globexEvent.usage = []
+            try await sink.commit(batch([globexEvent], epoch: second, nextOffset: 4))
+            let globex = try await db.query("SELECT counted, deduplicated FROM tenant_globex.event_stats")[0]
+            #expect(try [globex.int64("counted"), globex.int64("deduplicated")] == [0, 1])
+        }
+    }
+
+    /// A released partition's state is read again at its next commit, even under the same epoch.
+    @Test func aReleasedPartitionsStateIsReadAgain() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            let epoch = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try event("e1", user: "u1")], epoch: epoch, nextOffset: 1))
+            sink.release([Self.partition], group: "usage")
+            // Recorded behind the store's back, as another member would have.
+            try await db.execute(
+                "INSERT INTO tally.event_identities (consumer_group, topic, partition, tenant, source, event_id, event_time) VALUES ('usage', 'events', 3, 'acme', '/api', 'e2', now())")
+            try await sink.commit(batch([try event("e2", user: "u2")], epoch: epoch, nextOffset: 2))
+            #expect(try await totals(db) == [1, 1, 1, 1])
+        }
+    }
+
     /// Past the horizon an identity is forgotten in memory as in Postgres: its event counts again.
     @Test func anIdentityPastTheHorizonCountsAgain() async throws {
         try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in

@@ -47,6 +47,8 @@ public final class SinkOwnership: RebalanceListener {
     }
 
     public func partitionsRevoked(_ partitions: [TopicPartition], lost: Bool) async {
-        epochs.withLock { epochs in for partition in partitions { epochs[LogPartition(topic: partition.topic, partition: partition.partition)] = nil } }
+        let revoked = partitions.map { LogPartition(topic: $0.topic, partition: $0.partition) }
+        epochs.withLock { epochs in for partition in revoked { epochs[partition] = nil } }
+        sink.release(revoked, group: group)
     }
 }

@@ -1,0 +1,136 @@
+import Foundation
+import Postgres
+import Tenancy
+
+/// The dedupe states one commit works on. A tenant whose events all come from one partition
+/// the batch holds a position of is owned: its state is its partition's, checked out of
+/// `DedupeStates` when held for the batch's epoch and loaded otherwise. Any other tenant's
+/// state is read for this commit alone, under a lock all such commits take, and the cached
+/// partition states holding it are dropped (its new rows carry no partition).
+struct BatchDedupe {
+    private var partitions: [GroupPartition: PartitionDedupeState]
+    private var partitionOfTenant: [TenantID: GroupPartition] = [:]
+    private var ownerless: [TenantID: TenantDedupeState] = [:]
+
+    /// Called inside the commit's transaction, after the batch's epochs were checked: no one
+    /// else commits an owned tenant meanwhile.
+    init(for batch: SinkBatch, from dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
+        var epochs: [GroupPartition: Int64] = [:]
+        var ownerlessTenants: Set<TenantID> = []
+        for event in batch.events {
+            guard let partition = event.partition, let position = batch.positions[partition] else {
+                ownerlessTenants.insert(event.tenant)
+                continue
+            }
+            let key = GroupPartition(group: batch.consumerGroup, partition: partition)
+            epochs[key] = position.epoch
+            if let earlier = partitionOfTenant.updateValue(key, forKey: event.tenant), earlier != key { ownerlessTenants.insert(event.tenant) }
+            for row in event.usage where row.tenant != event.tenant { ownerlessTenants.insert(row.tenant) }
+        }
+        for row in batch.usage where row.aggregation == .uniqueCount { ownerlessTenants.insert(row.tenant) }
+        for tenant in ownerlessTenants { partitionOfTenant[tenant] = nil }
+        dedupeStates.drop(partitionsHolding: ownerlessTenants)
+        partitions = dedupeStates.checkOut(epochs)
+        let missing = epochs.filter { partitions[$0.key] == nil }
+        if !missing.isEmpty { partitions.merge(try loadPartitionStates(missing, db)) { _, loaded in loaded } }
+        // Tenants new to their partition's state have no rows for it, but may have rows
+        // without a partition.
+        let unseen = partitionOfTenant.filter { partitions[$0.value]?.tenants[$0.key] == nil }
+        if !unseen.isEmpty {
+            let withoutPartition = try loadDedupeRows(where: "partition IS NULL AND tenant = ANY(string_to_array($1, ','))", [tenantList(unseen.keys)], db)[nil] ?? [:]
+            for (tenant, key) in unseen { partitions[key]?.tenants[tenant] = withoutPartition[tenant] ?? TenantDedupeState() }
+        }
+        if !ownerlessTenants.isEmpty {
+            try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.ownerless-dedupe'))")
+            let rows = try loadDedupeRows(where: "tenant = ANY(string_to_array($1, ','))", [tenantList(ownerlessTenants)], db)
+            for tenant in ownerlessTenants { ownerless[tenant] = TenantDedupeState() }
+            for states in rows.values {
+                for (tenant, state) in states { ownerless[tenant]?.formUnion(state) }
+            }
+        }
+    }
+
+    /// The partition whose state holds `tenant`'s, nil for a tenant without an owned partition.
+    func partition(of tenant: TenantID) -> GroupPartition? { partitionOfTenant[tenant] }
+
+    /// Records an identity; false when it was recorded before.
+    mutating func recordIdentity(_ identity: Digest, time: Int64, of tenant: TenantID) -> Bool {
+        if let key = partitionOfTenant[tenant] {
+            guard partitions[key]?.tenants[tenant]?.identities[identity] == nil else { return false }
+            partitions[key]?.tenants[tenant]?.identities[identity] = time
+            return true
+        }
+        guard ownerless[tenant, default: TenantDedupeState()].identities[identity] == nil else { return false }
+        ownerless[tenant, default: TenantDedupeState()].identities[identity] = time
+        return true
+    }
+
+    /// Records a distinct value; false when it was recorded before.
+    mutating func recordDistinctValue(_ value: Digest, of tenant: TenantID) -> Bool {
+        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.distinctValues.insert(value).inserted ?? false }
+        return ownerless[tenant, default: TenantDedupeState()].distinctValues.insert(value).inserted
+    }
+
+    /// Stores the partitions' updated states for the next commits (the ownerless ones are
+    /// not kept); `SinkStore.commit` drops them again if the transaction fails.
+    func checkIn(to dedupeStates: DedupeStates) {
+        dedupeStates.checkIn(partitions)
+    }
+}
+
+/// The states of `partitions` at the given epochs: every identity and distinct value recorded
+/// for each, and those recorded without a partition for the tenants found.
+func loadPartitionStates(_ epochs: [GroupPartition: Int64], _ db: isolated PostgresConnection) throws -> [GroupPartition: PartitionDedupeState] {
+    var states = epochs.mapValues { PartitionDedupeState(epoch: $0) }
+    for (stream, keys) in Dictionary(grouping: epochs.keys, by: { [$0.group, $0.partition.topic] }) {
+        let rows = try loadDedupeRows(
+            where: "consumer_group = $1 AND topic = $2 AND partition = ANY(string_to_array($3, ',')::integer[])",
+            [.text(stream[0]), .text(stream[1]), .text(keys.map { String($0.partition.partition) }.joined(separator: ","))], db)
+        for (owner, tenants) in rows { if let owner { states[owner]?.tenants = tenants } }
+    }
+    let found = Set(states.values.flatMap(\.tenants.keys))
+    guard !found.isEmpty else { return states }
+    let withoutPartition = try loadDedupeRows(where: "partition IS NULL AND tenant = ANY(string_to_array($1, ','))", [tenantList(found)], db)[nil] ?? [:]
+    for (tenant, rows) in withoutPartition {
+        for partition in Array(states.keys) where states[partition]?.tenants[tenant] != nil {
+            states[partition]?.tenants[tenant]?.formUnion(rows)
+        }
+    }
+    return states
+}
+
+/// The identities and distinct values of the rows of both tables matching `condition`, by the
+/// partition they were recorded for (nil: none) and tenant.
+private func loadDedupeRows(
+    where condition: String, _ parameters: [PostgresParameter], _ db: isolated PostgresConnection
+) throws -> [GroupPartition?: [TenantID: TenantDedupeState]] {
+    var states: [GroupPartition?: [TenantID: TenantDedupeState]] = [:]
+    func owner(_ row: PostgresRow) throws -> GroupPartition? {
+        guard let group = try row.string("consumer_group"), let topic = try row.string("topic"), let partition = try row.int64("partition") else { return nil }
+        return GroupPartition(group: group, partition: LogPartition(topic: topic, partition: Int32(partition)))
+    }
+    for row in try db.query(
+        """
+        SELECT consumer_group, topic, partition, tenant, source, event_id, (extract(epoch FROM event_time) * 1000000)::bigint AS event_time_us
+        FROM tally.event_identities WHERE \(condition)
+        """, parameters)
+    {
+        let identity = Digest.identity(source: try row.string("source") ?? "", id: try row.string("event_id") ?? "")
+        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].identities[identity] =
+            try row.int64("event_time_us") ?? 0
+    }
+    for row in try db.query(
+        """
+        SELECT consumer_group, topic, partition, tenant, meter, subject, window_size,
+               (extract(epoch FROM window_start) * 1000000)::bigint AS window_start_us, group_key, value_key
+        FROM tally.distinct_values WHERE \(condition)
+        """, parameters)
+    {
+        let value = Digest.distinctValue(
+            meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "", windowSize: try row.string("window_size") ?? "",
+            windowStartMicroseconds: try row.int64("window_start_us") ?? 0, groupKey: try row.string("group_key") ?? "",
+            value: try row.string("value_key") ?? "")
+        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].distinctValues.insert(value)
+    }
+    return states
+}
