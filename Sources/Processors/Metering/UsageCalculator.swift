@@ -126,13 +126,14 @@ public struct UsageCalculator: Sendable {
 
     private func measure(_ meter: MeterDefinition, in data: JSONObject) -> Result<(value: Decimal, distinct: Set<String>), MeterFailure> {
         if meter.aggregation == .count { return .success((1, [])) }
-        let path = "data." + meter.valuePath.joined(separator: ".")
+        // The value's path as failures name it; built only for them.
+        func path() -> String { "data." + meter.valuePath.joined(separator: ".") }
         guard let value = Self.lookup(meter.valuePath, in: data) else {
-            return .failure(MeterFailure(meter: meter.name, reason: "\(path) is missing"))
+            return .failure(MeterFailure(meter: meter.name, reason: "\(path()) is missing"))
         }
         if meter.aggregation == .uniqueCount {
             guard Self.isScalar(value) else {
-                return .failure(MeterFailure(meter: meter.name, reason: "\(path) must be a string, number or boolean, not \(value.kindDescription)"))
+                return .failure(MeterFailure(meter: meter.name, reason: "\(path()) must be a string, number or boolean, not \(value.kindDescription)"))
             }
             var writer = JSONWriter()
             writer.write(value)
@@ -141,7 +142,7 @@ public struct UsageCalculator: Sendable {
         switch value {
         case .integer(let number): return .success((Decimal(number), []))
         case .double(let number): return .success((Decimal(string: number.description) ?? Decimal(number), []))
-        default: return .failure(MeterFailure(meter: meter.name, reason: "\(path) must be a number, not \(value.kindDescription)"))
+        default: return .failure(MeterFailure(meter: meter.name, reason: "\(path()) must be a number, not \(value.kindDescription)"))
         }
     }
 
