@@ -19,7 +19,7 @@ public enum SinkWriteMethod: Sendable {
 /// Writes everything of a batch but the offsets, inside the commit's transaction, in this
 /// order: event identities (dropping events counted before), distinct values of unique
 /// counts, usage deltas merged into their windows, per-day stats, rejections. Identities and
-/// distinct values are checked against the tenants' dedupe states (see `DedupeStates`).
+/// distinct values are checked against the dedupe states of the batch's partitions (see `BatchDedupe`).
 func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
     var usage = batch.usage
     var stats: [StatsKey: EventStats] = [:]

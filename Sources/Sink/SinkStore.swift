@@ -217,22 +217,15 @@ public final class SinkStore: Sendable {
     /// partition as of the last commit (see `CountedEvent.partition`): a tenant's events must be
     /// committed by the owner of its partition alone (the events topic is keyed by tenant).
     public func commit(_ batch: SinkBatch) async throws(SinkError) {
-        let tenants = Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant))
-        try await ensureTenants(tenants)
+        try await ensureTenants(Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant)))
         do {
             try await apply(batch)
         } catch {
             // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
             // Its positions (offset and epoch) are stored with it, so they tell which.
-            let partitions = batch.positions.keys.map { GroupPartition(group: batch.consumerGroup, partition: $0) }
-            do {
-                if error.isConnectionLoss, try await isStored(batch) { return }
-            } catch {
-                dedupeStates.drop(partitions)
-                throw error
-            }
-            // The states hold what this batch would have added: read them again next time.
-            dedupeStates.drop(partitions)
+            if error.isConnectionLoss, (try? await isStored(batch)) == true { return }
+            // The dedupe states hold what this batch would have added: read them again next time.
+            dedupeStates.drop(batch.positions.keys.map { GroupPartition(group: batch.consumerGroup, partition: $0) })
             throw error
         }
     }
