@@ -37,7 +37,7 @@ struct BatchDedupe {
         // without a partition.
         let unseen = partitionOfTenant.filter { partitions[$0.value]?.tenants[$0.key] == nil }
         if !unseen.isEmpty {
-            let withoutPartition = try loadDedupeRows(where: "partition IS NULL AND tenant = ANY(string_to_array($1, ','))", [tenantList(unseen.keys)], db)[nil] ?? [:]
+            let withoutPartition = try loadRowsWithoutPartition(of: unseen.keys, db)
             for (tenant, key) in unseen { partitions[key]?.tenants[tenant] = withoutPartition[tenant] ?? TenantDedupeState() }
         }
         if !ownerlessTenants.isEmpty {
@@ -90,13 +90,19 @@ func loadPartitionStates(_ epochs: [GroupPartition: Int64], _ db: isolated Postg
     }
     let found = Set(states.values.flatMap(\.tenants.keys))
     guard !found.isEmpty else { return states }
-    let withoutPartition = try loadDedupeRows(where: "partition IS NULL AND tenant = ANY(string_to_array($1, ','))", [tenantList(found)], db)[nil] ?? [:]
+    let withoutPartition = try loadRowsWithoutPartition(of: found, db)
     for (tenant, rows) in withoutPartition {
         for partition in Array(states.keys) where states[partition]?.tenants[tenant] != nil {
             states[partition]?.tenants[tenant]?.formUnion(rows)
         }
     }
     return states
+}
+
+/// The identities and distinct values of `tenants` recorded without a partition, found through
+/// the partial indexes of control migration 8.
+private func loadRowsWithoutPartition(of tenants: some Sequence<TenantID>, _ db: isolated PostgresConnection) throws -> [TenantID: TenantDedupeState] {
+    try loadDedupeRows(where: "partition IS NULL AND tenant = ANY(string_to_array($1, ','))", [tenantList(tenants)], db)[nil] ?? [:]
 }
 
 /// The identities and distinct values of the rows of both tables matching `condition`, by the
