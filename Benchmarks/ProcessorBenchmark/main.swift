@@ -123,11 +123,15 @@ struct ProcessorBenchmark: AsyncParsableCommand {
 
         if statementStats { try await resetStatementStats(server: server) }
         print("running tally process usage over the pre-filled topic …")
-        let (seconds, sustained, processorCPU, lags, peakRSS) = try await withProcessor(cluster: cluster, server: server, directory: directory) { pid in
+        let postgresCPUBefore = Self.postgresCPUSeconds(of: server)
+        let (seconds, sustained, processorCPU, postgresCPU, lags, peakRSS) = try await withProcessor(
+            cluster: cluster, server: server, directory: directory
+        ) { pid in
             let start = ContinuousClock.now
             let firstCommit = try await waitForCommitted(events, server: server) { committed in print("committed \(committed)/\(events)") }
             let seconds = Self.seconds(since: start)
             let processorCPU = Self.cpuSeconds(of: pid)
+            let postgresCPU = Self.postgresCPUSeconds(of: server) - postgresCPUBefore
             // Nil when the first commit seen covered everything already.
             let sustained = firstCommit.committed < events ? Double(events - firstCommit.committed) / Self.seconds(since: firstCommit.seen) : nil
             var lags: [Double] = []
@@ -144,14 +148,17 @@ struct ProcessorBenchmark: AsyncParsableCommand {
                 // Whether folding kept up: a log that grows through the run would not be sustainable.
                 print("usage log rows not folded at the end of the lag run: \(try await Self.usageLogRows(server: server))")
             }
-            return (seconds, sustained, processorCPU, lags, Self.peakRSS(of: pid))
+            return (seconds, sustained, processorCPU, postgresCPU, lags, Self.peakRSS(of: pid))
         }
         await producer.close()
         if statementStats { try await printStatementStats(server: server) }
-        print("\n| run | events | seconds | events/s | sustained events/s (first commit to last) | processor CPU | processor peak RSS |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
         print(
-            "| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(sustained.map { String(Int($0)) } ?? "–") | \(String(format: "%.2f", processorCPU)) s | \(peakRSS / 1024) MiB |")
+            "\n| run | events | seconds | events/s | sustained events/s (first commit to last) | processor CPU | Postgres CPU | CPU µs per event | processor peak RSS |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| pre-filled topic | \(events) | \(String(format: "%.1f", seconds)) | \(Int(Double(events) / seconds)) | \(sustained.map { String(Int($0)) } ?? "–") | \(String(format: "%.2f", processorCPU)) s | \(String(format: "%.2f", postgresCPU)) s | \(String(format: "%.1f", (processorCPU + postgresCPU) * 1e6 / Double(events))) | \(peakRSS / 1024) MiB |"
+        )
         guard !lags.isEmpty else { return }
         let sorted = lags.sorted()
         func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
@@ -320,6 +327,22 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         await db.close()
     }
 
+    /// CPU seconds the Postgres server has used so far: the postmaster, its children alive (the
+    /// processor's backends among them) and those it has reaped, e.g. autovacuum workers.
+    private static func postgresCPUSeconds(of server: LocalPostgresServer) -> Double {
+        let pidFile = server.directory.appendingPathComponent("data/postmaster.pid").path
+        guard let postmaster = ((try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? "").split(separator: "\n").first.flatMap({ Int32($0) })
+        else { return 0 }
+        let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
+        let children = processes.reduce(0.0) { total, pid in
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            let parent = statFields(stat).dropFirst().first
+            return parent == Substring(String(postmaster)) ? total + cpuSeconds(inStat: stat) : total
+        }
+        let postmasterStat = (try? String(contentsOfFile: "/proc/\(postmaster)/stat", encoding: .utf8)) ?? ""
+        return children + cpuSeconds(inStat: postmasterStat) + cpuSeconds(inStat: postmasterStat, reapedChildren: true)
+    }
+
     /// CPU seconds (user and system) of this process's threads with the name `name`.
     private static func threadCPUSeconds(named name: String) -> Double {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
@@ -334,14 +357,21 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         cpuSeconds(inStat: (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? "")
     }
 
-    /// User and system CPU seconds of a `/proc/…/stat` line, 0 when it cannot be read.
-    private static func cpuSeconds(inStat stat: String) -> Double {
-        // Fields after the command name, which ends with the last ')': utime and stime are the
-        // 12th and 13th of them, in clock ticks.
-        guard let end = stat.lastIndex(of: ")") else { return 0 }
-        let fields = stat[stat.index(after: end)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    /// User and system CPU seconds of a `/proc/…/stat` line (of its reaped children with
+    /// `reapedChildren`), 0 when it cannot be read.
+    private static func cpuSeconds(inStat stat: String, reapedChildren: Bool = false) -> Double {
+        // utime and stime are the 12th and 13th fields after the command name, cutime and
+        // cstime the 14th and 15th, in clock ticks.
+        let fields = statFields(stat)
+        let first = reapedChildren ? 13 : 11
+        guard fields.count > first + 1, let user = Double(fields[first]), let system = Double(fields[first + 1]) else { return 0 }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// The fields of a `/proc/…/stat` line after the command name, which ends with the last ')'.
+    private static func statFields(_ stat: String) -> [Substring] {
+        guard let end = stat.lastIndex(of: ")") else { return [] }
+        return stat[stat.index(after: end)...].split(separator: " ")
     }
 
     /// VmHWM of a process, in KiB.
