@@ -81,6 +81,43 @@ public struct CopyRowWriter: ~Copyable {
     /// Mantissas below this convert to UInt64 exactly.
     private static let exactMantissaLimit = Decimal(UInt64(1) << 62)
 
+    /// Appends a `timestamptz` field, `microseconds` since 1970-01-01 UTC, as
+    /// `YYYY-MM-DD HH:MM:SS.ffffff+00` (with ` BC` before year 1), computed with integer
+    /// calendar arithmetic rather than `Calendar`, which costs microseconds a value.
+    public mutating func append(timestampMicroseconds microseconds: Int64) {
+        startField()
+        let (days, microsecondOfDay) = microseconds.floorDivided(by: 86_400_000_000)
+        // Howard Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
+        let (era, dayOfEra) = (days + 719_468).floorDivided(by: 146_097)
+        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let shiftedMonth = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * shiftedMonth + 2) / 5 + 1
+        let month = shiftedMonth < 10 ? shiftedMonth + 3 : shiftedMonth - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        // Year 0 is 1 BC, -1 is 2 BC.
+        putDigits(of: UInt64(year > 0 ? year : 1 - year), width: 4)
+        put(UInt8(ascii: "-"))
+        putDigits(of: UInt64(month), width: 2)
+        put(UInt8(ascii: "-"))
+        putDigits(of: UInt64(day), width: 2)
+        put(UInt8(ascii: " "))
+        let secondOfDay = microsecondOfDay / 1_000_000
+        putDigits(of: UInt64(secondOfDay / 3_600), width: 2)
+        put(UInt8(ascii: ":"))
+        putDigits(of: UInt64(secondOfDay / 60 % 60), width: 2)
+        put(UInt8(ascii: ":"))
+        putDigits(of: UInt64(secondOfDay % 60), width: 2)
+        put(UInt8(ascii: "."))
+        putDigits(of: UInt64(microsecondOfDay % 1_000_000), width: 6)
+        put(UInt8(ascii: "+"), UInt8(ascii: "0"))
+        put(UInt8(ascii: "0"))
+        if year <= 0 {
+            put(UInt8(ascii: " "), UInt8(ascii: "B"))
+            put(UInt8(ascii: "C"))
+        }
+    }
+
     /// Ends the current row.
     mutating func endRow() {
         put(UInt8(ascii: "\n"))
@@ -99,21 +136,43 @@ public struct CopyRowWriter: ~Copyable {
         fieldsInRow += 1
     }
 
-    private mutating func putDigits(of value: UInt64) {
+    /// Writes `value` in decimal, zero-padded to at least `width` digits, two digits a division.
+    private mutating func putDigits(of value: UInt64, width: Int = 1) {
         reserve(20)
-        var digits = 1
+        var significant = 1
         var power: UInt64 = 10
-        while digits < 20, value >= power {
-            digits += 1
+        while significant < 20, value >= power {
+            significant += 1
             power = power &* 10
         }
+        let digits = max(width, significant)
+        var index = count + digits
         var rest = value
-        for index in stride(from: count + digits - 1, through: count, by: -1) {
-            storage[index] = UInt8(ascii: "0") + UInt8(rest % 10)
-            rest /= 10
+        while rest >= 100 {
+            let pair = Int(rest % 100) * 2
+            rest /= 100
+            index -= 2
+            storage[index] = Self.digitPairs.utf8Start[pair]
+            storage[index + 1] = Self.digitPairs.utf8Start[pair + 1]
         }
+        if rest >= 10 {
+            index -= 2
+            storage[index] = Self.digitPairs.utf8Start[Int(rest) * 2]
+            storage[index + 1] = Self.digitPairs.utf8Start[Int(rest) * 2 + 1]
+        } else {
+            index -= 1
+            storage[index] = UInt8(ascii: "0") + UInt8(rest)
+        }
+        (storage + count).update(repeating: UInt8(ascii: "0"), count: index - count)
         count += digits
     }
+
+    /// "00" to "99" in a row.
+    private static let digitPairs: StaticString = """
+        00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+        40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899
+        """
 
     private mutating func put(_ byte: UInt8) {
         reserve(1)
@@ -140,5 +199,14 @@ public struct CopyRowWriter: ~Copyable {
         storage.deallocate()
         storage = grown
         capacity = max(capacity * 2, count + extra)
+    }
+}
+
+extension Int64 {
+    /// The quotient rounded toward negative infinity and the remainder that goes with it
+    /// (never negative for a positive divisor).
+    fileprivate func floorDivided(by divisor: Int64) -> (quotient: Int64, remainder: Int64) {
+        let (quotient, remainder) = quotientAndRemainder(dividingBy: divisor)
+        return remainder < 0 ? (quotient - 1, remainder + divisor) : (quotient, remainder)
     }
 }

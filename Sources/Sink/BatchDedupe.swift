@@ -55,14 +55,8 @@ struct BatchDedupe {
 
     /// Records an identity; false when it was recorded before.
     mutating func recordIdentity(_ identity: Digest, time: Int64, of tenant: TenantID) -> Bool {
-        if let key = partitionOfTenant[tenant] {
-            guard partitions[key]?.tenants[tenant]?.identities[identity] == nil else { return false }
-            partitions[key]?.tenants[tenant]?.identities[identity] = time
-            return true
-        }
-        guard ownerless[tenant, default: TenantDedupeState()].identities[identity] == nil else { return false }
-        ownerless[tenant, default: TenantDedupeState()].identities[identity] = time
-        return true
+        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.identities.addIfAbsent(time, forKey: identity) ?? false }
+        return ownerless[tenant, default: TenantDedupeState()].identities.addIfAbsent(time, forKey: identity)
     }
 
     /// Records a distinct value; false when it was recorded before.
@@ -139,4 +133,14 @@ private func loadDedupeRows(
         states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].distinctValues.insert(value)
     }
     return states
+}
+
+extension Dictionary {
+    /// Adds `value` for `key` unless `key` has one; whether it was added. One access to the
+    /// dictionary for callers reaching it through nested optional chains.
+    fileprivate mutating func addIfAbsent(_ value: Value, forKey key: Key) -> Bool {
+        guard index(forKey: key) == nil else { return false }
+        self[key] = value
+        return true
+    }
 }

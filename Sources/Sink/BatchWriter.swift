@@ -21,30 +21,27 @@ public enum SinkWriteMethod: Sendable {
 /// counts, usage deltas merged into their windows, per-day stats, rejections. Identities and
 /// distinct values are checked against the dedupe states of the batch's partitions (see `BatchDedupe`).
 func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
-    var usage = batch.usage
     var stats: [StatsKey: EventStats] = [:]
     var dedupe = try BatchDedupe(for: batch, from: dedupeStates, db)
-    if !batch.events.isEmpty {
-        let (fresh, repeated) = try recordEventIdentities(batch.events, in: &dedupe, db)
-        usage.reserveCapacity(usage.count + fresh.reduce(0) { $0 + $1.usage.count })
-        for event in fresh {
-            usage += event.usage
-            stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
-        }
-        for event in repeated { stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].deduplicated += 1 }
+    var deltas: [UsageKey: UsageRow] = [:]
+    /// Merges a row into its window's delta, in batch order; one hash lookup for a new window, the common case.
+    func addDelta(_ row: UsageRow) {
+        if let earlier = deltas.updateValue(row, forKey: UsageKey(row)) { deltas[UsageKey(row)] = earlier.merged(with: row) }
     }
+    let (fresh, repeated) = batch.events.isEmpty ? ([], []) : try recordEventIdentities(batch.events, in: &dedupe, db)
+    deltas.reserveCapacity(batch.usage.count + fresh.reduce(0) { $0 + $1.usage.count })
+    for row in batch.usage { addDelta(row) }
+    for event in fresh {
+        for row in event.usage { addDelta(row) }
+        stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
+    }
+    for event in repeated { stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].deduplicated += 1 }
     for rejection in batch.rejections {
         switch rejection.kind {
         case .late: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].late += 1
         case .invalid: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].rejected += 1
         case .meter: break
         }
-    }
-    var deltas: [UsageKey: UsageRow] = [:]
-    deltas.reserveCapacity(usage.count)
-    for row in usage {
-        // One hash lookup for a new window, the common case.
-        if let earlier = deltas.updateValue(row, forKey: UsageKey(row)) { deltas[UsageKey(row)] = earlier.merged(with: row) }
     }
     if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, in: &dedupe, db) }
     dedupe.checkIn(to: dedupeStates)
@@ -74,27 +71,16 @@ private func recordEventIdentities(
             repeated.append(event)
         }
     }
-    try db.execute(
-        """
-        CREATE TEMP TABLE IF NOT EXISTS sink_events (
-            consumer_group text, topic text, partition integer, tenant text, source text, event_id text, event_time_us bigint
-        ) ON COMMIT DELETE ROWS
-        """)
     try db.copy(
-        into: "sink_events", columns: ["consumer_group", "topic", "partition", "tenant", "source", "event_id", "event_time_us"], rows: fresh
+        into: "tally.event_identities", columns: ["consumer_group", "topic", "partition", "tenant", "source", "event_id", "event_time"],
+        rows: fresh
     ) { event, fields in
         appendPartitionFields(of: dedupe.partition(of: event.tenant), to: &fields)
         fields.append(event.tenant.rawValue)
         fields.append(event.source)
         fields.append(event.id)
-        fields.append(microseconds(event.time))
+        fields.append(timestampMicroseconds: microseconds(event.time))
     }
-    try db.execute(
-        """
-        INSERT INTO tally.event_identities (consumer_group, topic, partition, tenant, source, event_id, event_time)
-        SELECT consumer_group, topic, partition, tenant, source, event_id, 'epoch'::timestamptz + event_time_us * interval '1 microsecond'
-        FROM sink_events
-        """)
     return (fresh, repeated)
 }
 
@@ -103,13 +89,6 @@ private func recordEventIdentities(
 private func countNewDistinctValues(
     _ deltas: inout [UsageKey: UsageRow], in dedupe: inout BatchDedupe, _ db: isolated PostgresConnection
 ) throws {
-    try db.execute(
-        """
-        CREATE TEMP TABLE IF NOT EXISTS sink_distinct (
-            consumer_group text, topic text, partition integer, tenant text, meter text, subject text, window_size text, window_start_us bigint,
-            group_key text, value_key text
-        ) ON COMMIT DELETE ROWS
-        """)
     var new: [(key: UsageKey, value: String)] = []
     var newCounts: [(key: UsageKey, count: Int)] = []
     for (key, row) in deltas where row.aggregation == .uniqueCount {
@@ -128,8 +107,8 @@ private func countNewDistinctValues(
     }
     for (key, count) in newCounts { deltas[key]?.value = Decimal(count) }
     try db.copy(
-        into: "sink_distinct",
-        columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "value_key"],
+        into: "tally.distinct_values",
+        columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start", "group_key", "value_key"],
         rows: new
     ) { entry, fields in
         let (key, value) = entry
@@ -138,17 +117,10 @@ private func countNewDistinctValues(
         fields.append(key.meter)
         fields.append(key.subject)
         fields.append(key.windowSize)
-        fields.append(microseconds(key.windowStart))
+        fields.append(timestampMicroseconds: microseconds(key.windowStart))
         fields.append(key.groupKey)
         fields.append(value)
     }
-    try db.execute(
-        """
-        INSERT INTO tally.distinct_values (consumer_group, topic, partition, tenant, meter, subject, window_size, window_start, group_key, value_key)
-        SELECT consumer_group, topic, partition, tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond',
-               group_key, value_key
-        FROM sink_distinct
-        """)
 }
 
 /// The consumer group, topic and partition whose dedupe state a row belongs to; NULLs for none.
@@ -340,13 +312,19 @@ private func recordRejections(_ rejections: [RejectedInput], _ db: isolated Post
     try db.copy(
         into: "tally.rejected_inputs",
         columns: ["tenant", "kind", "meter", "source", "event_id", "event_time", "topic", "partition", "record_offset", "reason"],
-        rows: rejections.lazy.map { rejection in
-            [
-                rejection.tenant.rawValue, rejection.kind.rawValue, rejection.meter, rejection.source, rejection.eventID,
-                EventTimeText.utc(rejection.time), rejection.partition.topic, String(rejection.partition.partition), String(rejection.offset),
-                rejection.reason,
-            ]
-        })
+        rows: rejections
+    ) { rejection, fields in
+        fields.append(rejection.tenant.rawValue)
+        fields.append(rejection.kind.rawValue)
+        fields.append(rejection.meter)
+        fields.append(rejection.source)
+        fields.append(rejection.eventID)
+        fields.append(timestampMicroseconds: microseconds(rejection.time))
+        fields.append(rejection.partition.topic)
+        fields.append(Int64(rejection.partition.partition))
+        fields.append(rejection.offset)
+        fields.append(rejection.reason)
+    }
 }
 
 extension UsageRow {
@@ -396,21 +374,6 @@ private struct StatsKey: Hashable {
 
 private struct EventStats {
     var counted: Int64 = 0, deduplicated: Int64 = 0, late: Int64 = 0, rejected: Int64 = 0
-}
-
-/// UTC timestamps as Postgres reads them, e.g. `2026-11-28 20:15:00.123456+00`.
-enum EventTimeText {
-    static func utc(_ date: Date) -> String {
-        let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
-        let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
-        let fraction = micros - seconds * 1_000_000
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
-        let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: Double(seconds)))
-        return String(
-            format: "%04d-%02d-%02d %02d:%02d:%02d.%06d+00", parts.year!, parts.month!, parts.day!, parts.hour!, parts.minute!, parts.second!,
-            Int(fraction))
-    }
 }
 
 /// Microseconds since the epoch, the Sink's exact form of times in COPY data.

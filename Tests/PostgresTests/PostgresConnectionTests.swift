@@ -120,6 +120,56 @@ import TestSupport
         }
     }
 
+    @Test func copyWritesTimestampsAsPostgresReadsThem() async throws {
+        var random = SeededRandom(state: 11)
+        let dayMicroseconds: Int64 = 86_400_000_000
+        // Edges: the epoch and the microseconds around it, leap days, century rules, year 1 and 1 BC, years past 9999.
+        var instants: [Int64] = [0, -1, 1, dayMicroseconds - 1, -dayMicroseconds]
+        for date in ["2000-02-29", "1900-03-01", "2100-02-28", "2024-12-31", "0001-01-01", "0001-12-31 BC", "4000-02-29 BC", "29999-12-31"] {
+            instants.append(contentsOf: [0, 1, dayMicroseconds - 1].map { $0 + (Self.epochMicroseconds(of: date) ?? 0) })
+        }
+        let earliest = Self.epochMicroseconds(of: "4713-01-01 BC")!, latest = Self.epochMicroseconds(of: "99999-12-31")!
+        instants += (0..<20_000).map { index in
+            index % 2 == 0 ? Int64.random(in: earliest...latest, using: &random) : Int64.random(in: 0...(Int64(1) << 52), using: &random)
+        }
+        try await withLocalPostgres { server in
+            let connection = try await PostgresConnection.connect(server.connectionString)
+            try await connection.execute("CREATE TABLE instants (id bigint PRIMARY KEY, microseconds bigint, at timestamptz)")
+            try await connection.copy(into: "instants", columns: ["id", "microseconds", "at"], rows: instants.indices) { index, fields in
+                fields.append(Int64(index))
+                fields.append(instants[index])
+                fields.append(timestampMicroseconds: instants[index])
+            }
+            let mismatches = try await connection.query(
+                """
+                SELECT microseconds, at::text AS at FROM instants
+                WHERE extract(epoch FROM at) * 1000000 IS DISTINCT FROM microseconds LIMIT 5
+                """)
+            let examples = try mismatches.map { "\(try $0.int64("microseconds")!) read as \(try $0.string("at")!)" }
+            #expect(examples.isEmpty, "e.g. \(examples)")
+            #expect(try await connection.query("SELECT count(*) AS n FROM instants")[0].int64("n") == Int64(instants.count))
+            await connection.close()
+        }
+    }
+
+    /// Microseconds since the epoch of midnight UTC on a `YYYY-MM-DD[ BC]` date, by proleptic Gregorian day counting.
+    private static func epochMicroseconds(of date: String) -> Int64? {
+        let beforeChrist = date.hasSuffix(" BC")
+        let parts = date.prefix(while: { $0 != " " }).split(separator: "-").compactMap { Int64($0) }
+        guard parts.count == 3 else { return nil }
+        let year = beforeChrist ? 1 - parts[0] : parts[0]
+        var days: Int64 = 0
+        func isLeap(_ year: Int64) -> Bool { year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) }
+        if year >= 1970 {
+            for earlier in 1970..<year { days += isLeap(earlier) ? 366 : 365 }
+        } else {
+            for later in year..<1970 { days -= isLeap(later) ? 366 : 365 }
+        }
+        let monthLengths: [Int64] = [31, isLeap(year) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        days += monthLengths.prefix(Int(parts[1]) - 1).reduce(0, +) + parts[2] - 1
+        return days * 86_400_000_000
+    }
+
     @Test func aCopyRowWithTheWrongWidthIsRejectedAndLoadsNothing() async throws {
         try await withLocalPostgres { server in
             let connection = try await PostgresConnection.connect(server.connectionString)

@@ -59,6 +59,7 @@ public struct UsageCalculator: Sendable {
         let meters = catalog.meters(for: event.tenant, type: event.type)
         guard !meters.isEmpty else { return ([], []) }
         var rows: [UsageRow] = []
+        rows.reserveCapacity(meters.count)
         var failures: [MeterFailure] = []
         let time = event.time.date
         for meter in meters {
