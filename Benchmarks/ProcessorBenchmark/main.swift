@@ -206,6 +206,24 @@ struct ProcessorBenchmark: AsyncParsableCommand {
                 }
             }
         }
+        // Whether folding keeps up: the usage log's rows every 5 s, printed as the run goes.
+        let logSamples = Task {
+            let db = try await PostgresConnection.connect(server.connectionString)
+            var samples: [Int64] = []
+            do {
+                while true {
+                    try await Task.sleep(for: .seconds(5))
+                    samples.append(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") ?? 0)
+                    print("lag run: \(samples.count * 5) s, usage log rows not folded: \(samples.last!)")
+                }
+            } catch is CancellationError {
+            } catch {
+                await db.close()
+                throw error
+            }
+            await db.close()
+            return samples
+        }
         var committedAt: [(count: Int, at: ContinuousClock.Instant)] = []
         let db = try await PostgresConnection.connect(server.connectionString)
         while committedAt.last.map({ $0.count < total }) ?? true {
@@ -215,6 +233,8 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         }
         await db.close()
         try await producing.value
+        logSamples.cancel()
+        print("usage log rows not folded, every 5 s of the run: \(try await logSamples.value.map(String.init).joined(separator: ", "))")
         let acks = acknowledged.entries.withLock { $0 }.sorted { $0.count < $1.count }
         var lags: [Double] = []
         var commitIndex = 0
