@@ -32,6 +32,9 @@ let package = Package(
         // Threads of their own for blocking C calls, as Swift executors.
         .target(name: "DedicatedThreads"),
 
+        // Calendar dates as day counts, in integer arithmetic.
+        .target(name: "CivilTime"),
+
         // Typed Swift layers over the C libraries.
         .target(
             name: "Kafka",
@@ -42,7 +45,7 @@ let package = Package(
         .target(
             name: "Postgres",
             dependencies: [
-                "CLibPQ", "DedicatedThreads",
+                "CLibPQ", "CivilTime", "DedicatedThreads",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -54,7 +57,7 @@ let package = Package(
             dependencies: ["Declarations", .product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")]),
 
         // Ingest: the event model, the Swift SDK, the HTTP gateway.
-        .target(name: "Events", dependencies: ["Tenancy"], path: "Sources/Ingest/Events"),
+        .target(name: "Events", dependencies: ["CivilTime", "Tenancy"], path: "Sources/Ingest/Events"),
         .target(
             name: "TallySDK", dependencies: ["Events", "Kafka", .product(name: "Logging", package: "swift-log")],
             path: "Sources/Ingest/SDK"),

@@ -1,3 +1,4 @@
+import CivilTime
 import Foundation
 
 /// Writes the rows of a text-format `COPY … FROM STDIN` field by field, straight into the
@@ -82,19 +83,12 @@ public struct CopyRowWriter: ~Copyable {
     private static let exactMantissaLimit = Decimal(UInt64(1) << 62)
 
     /// Appends a `timestamptz` field, `microseconds` since 1970-01-01 UTC, as
-    /// `YYYY-MM-DD HH:MM:SS.ffffff+00` (with ` BC` before year 1), computed with integer
-    /// calendar arithmetic rather than `Calendar`, which costs microseconds a value.
+    /// `YYYY-MM-DD HH:MM:SS.ffffff+00` (with ` BC` before year 1), by `CivilDate` rather than
+    /// `Calendar`, which costs microseconds a value.
     public mutating func append(timestampMicroseconds microseconds: Int64) {
         startField()
         let (days, microsecondOfDay) = microseconds.floorDivided(by: 86_400_000_000)
-        // Howard Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
-        let (era, dayOfEra) = (days + 719_468).floorDivided(by: 146_097)
-        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let shiftedMonth = (5 * dayOfYear + 2) / 153
-        let day = dayOfYear - (153 * shiftedMonth + 2) / 5 + 1
-        let month = shiftedMonth < 10 ? shiftedMonth + 3 : shiftedMonth - 9
-        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        let (year, month, day) = CivilDate.civil(fromDays: days)
         // Year 0 is 1 BC, -1 is 2 BC.
         putDigits(of: UInt64(year > 0 ? year : 1 - year), width: 4)
         put(UInt8(ascii: "-"))
