@@ -3,7 +3,7 @@
 /// nanoseconds where `Calendar` costs microseconds.
 public enum CivilDate {
     /// Days since 1970-01-01 of a date; year 0 is 1 BC.
-    public static func days(fromCivil year: Int64, _ month: Int64, _ day: Int64) -> Int64 {
+    @inlinable public static func days(fromCivil year: Int64, _ month: Int64, _ day: Int64) -> Int64 {
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400
         let yearOfEra = y - era * 400
@@ -13,7 +13,7 @@ public enum CivilDate {
     }
 
     /// The date of a day count since 1970-01-01; year 0 is 1 BC.
-    public static func civil(fromDays days: Int64) -> (year: Int64, month: Int64, day: Int64) {
+    @inlinable public static func civil(fromDays days: Int64) -> (year: Int64, month: Int64, day: Int64) {
         let z = days + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let dayOfEra = z - era * 146_097
