@@ -356,8 +356,8 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap { Int32($0) } ?? []
         let children = processes.reduce(0.0) { total, pid in
             let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
-            let parent = statFields(stat).dropFirst().first
-            return parent == Substring(String(postmaster)) ? total + cpuSeconds(inStat: stat) : total
+            let parent = statFields(stat).dropFirst().first.flatMap { Int32($0) }
+            return parent == postmaster ? total + cpuSeconds(inStat: stat) : total
         }
         let postmasterStat = (try? String(contentsOfFile: "/proc/\(postmaster)/stat", encoding: .utf8)) ?? ""
         return children + cpuSeconds(inStat: postmasterStat) + cpuSeconds(inStat: postmasterStat, reapedChildren: true)
