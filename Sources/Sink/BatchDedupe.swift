@@ -59,10 +59,10 @@ struct BatchDedupe {
         return ownerless[tenant, default: TenantDedupeState()].identities.addIfAbsent(time, forKey: identity)
     }
 
-    /// Records a distinct value; false when it was recorded before.
-    mutating func recordDistinctValue(_ value: Digest, of tenant: TenantID) -> Bool {
-        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.distinctValues.insert(value).inserted ?? false }
-        return ownerless[tenant, default: TenantDedupeState()].distinctValues.insert(value).inserted
+    /// Records a distinct value of a window that ends by `windowEnd`; false when it was recorded before.
+    mutating func recordDistinctValue(_ value: Digest, windowEnd: Int64, of tenant: TenantID) -> Bool {
+        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.distinctValues.addIfAbsent(windowEnd, forKey: value) ?? false }
+        return ownerless[tenant, default: TenantDedupeState()].distinctValues.addIfAbsent(windowEnd, forKey: value)
     }
 
     /// Stores the partitions' updated states for the next commits (the ownerless ones are
@@ -126,11 +126,14 @@ private func loadDedupeRows(
         FROM tally.distinct_values WHERE \(condition)
         """, parameters)
     {
+        let windowSize = try row.string("window_size") ?? ""
+        let windowStart = try row.int64("window_start_us") ?? 0
         let value = Digest.distinctValue(
-            meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "", windowSize: try row.string("window_size") ?? "",
-            windowStartMicroseconds: try row.int64("window_start_us") ?? 0, groupKey: try row.string("group_key") ?? "",
-            value: try row.string("value_key") ?? "")
-        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].distinctValues.insert(value)
+            meter: try row.string("meter") ?? "", subject: try row.string("subject") ?? "", windowSize: windowSize,
+            windowStartMicroseconds: windowStart, groupKey: try row.string("group_key") ?? "", value: try row.string("value_key") ?? "")
+        // A size Tally does not know never ends; `forgetDistinctValues` keeps its rows too.
+        let windowEnd = UsageRow.WindowSize(rawValue: windowSize)?.latestEnd(ofWindowStartingAt: windowStart) ?? .max
+        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].distinctValues[value] = windowEnd
     }
     return states
 }

@@ -98,7 +98,7 @@ private func countNewDistinctValues(
             let digest = Digest.distinctValue(
                 meter: key.meter, subject: key.subject, windowSize: key.windowSize, windowStartMicroseconds: windowStart, groupKey: key.groupKey,
                 value: value)
-            if dedupe.recordDistinctValue(digest, of: key.tenant) {
+            if dedupe.recordDistinctValue(digest, windowEnd: row.windowSize.latestEnd(ofWindowStartingAt: windowStart), of: key.tenant) {
                 newValues += 1
                 new.append((key, value))
             }

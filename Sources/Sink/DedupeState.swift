@@ -49,17 +49,41 @@ struct GroupPartition: Hashable {
     var partition: LogPartition
 }
 
-/// What a tenant has counted: its event identities (with their event times, in microseconds)
-/// and the distinct values of its `unique_count` windows.
+/// What a tenant has counted: its event identities (with their event times) and the distinct
+/// values of its `unique_count` windows (with the latest time their window may end), times in
+/// microseconds since the epoch.
 struct TenantDedupeState {
     var identities: [Digest: Int64] = [:]
-    var distinctValues: Set<Digest> = []
+    var distinctValues: [Digest: Int64] = [:]
 
-    /// Adds what `other` recorded (keeping this state's time for an identity in both).
+    /// Adds what `other` recorded (keeping this state's time for an entry in both).
     mutating func formUnion(_ other: TenantDedupeState) {
         identities.merge(other.identities) { mine, _ in mine }
-        distinctValues.formUnion(other.distinctValues)
+        distinctValues.merge(other.distinctValues) { mine, _ in mine }
     }
+}
+
+extension UsageRow.WindowSize {
+    /// The longest a window of this size lasts, in microseconds: days and months in a
+    /// tenant's time zone gain an hour when its clocks go back.
+    var longestMicroseconds: Int64 {
+        let hour: Int64 = 3_600_000_000
+        switch self {
+        case .minute: return 60_000_000
+        case .hour: return hour
+        case .day: return 25 * hour
+        case .month: return 31 * 24 * hour + hour
+        }
+    }
+
+    /// The latest a window of this size starting at `start` (microseconds) may end.
+    func latestEnd(ofWindowStartingAt start: Int64) -> Int64 { start + longestMicroseconds }
+
+    /// SQL for the latest end of the window in columns `window_size` and `window_start`; NULL
+    /// for a size Tally does not know.
+    static let latestEndSQL =
+        "window_start + CASE window_size "
+        + allCases.map { "WHEN '\($0.rawValue)' THEN \($0.longestMicroseconds) * interval '1 microsecond' " }.joined() + "END"
 }
 
 /// What the tenants of one partition have counted, complete as of the owner `epoch` it was
@@ -113,13 +137,20 @@ final class DedupeStates: Sendable {
     /// Forgets identities of events before `cutoff`, as `SinkStore.forgetEvents` does in Postgres.
     func forgetIdentities(before cutoff: Date) {
         let cutoff = microseconds(cutoff)
+        updateEveryTenant { $0.identities = $0.identities.filter { $0.value >= cutoff } }
+    }
+
+    /// Forgets the distinct values of windows that ended before `cutoff`, as
+    /// `SinkStore.forgetDistinctValues` does in Postgres.
+    func forgetDistinctValues(ofWindowsEndedBefore cutoff: Date) {
+        let cutoff = microseconds(cutoff)
+        updateEveryTenant { $0.distinctValues = $0.distinctValues.filter { $0.value >= cutoff } }
+    }
+
+    private func updateEveryTenant(_ update: (inout TenantDedupeState) -> Void) {
         states.withLock { states in
             for partition in Array(states.keys) {
-                for tenant in Array(states[partition]!.tenants.keys) {
-                    if let kept = states[partition]?.tenants[tenant]?.identities.filter({ $0.value >= cutoff }) {
-                        states[partition]?.tenants[tenant]?.identities = kept
-                    }
-                }
+                for tenant in Array(states[partition]!.tenants.keys) { update(&states[partition]!.tenants[tenant]!) }
             }
         }
     }

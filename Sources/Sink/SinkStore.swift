@@ -283,6 +283,22 @@ public final class SinkStore: Sendable {
         return removed
     }
 
+    /// Forgets the distinct values of `unique_count` windows that ended before `cutoff`, in
+    /// Postgres and in the states in memory, each window taken at its longest (see
+    /// `UsageRow.WindowSize`). Meant for windows no event can reach any more (past the grace
+    /// for late events): a value that still arrives for one counts again. Returns how many
+    /// were removed from Postgres.
+    @discardableResult
+    public func forgetDistinctValues(ofWindowsEndedBefore cutoff: Date) async throws(SinkError) -> Int64 {
+        let removed = try await run { db in
+            try db.query(
+                "WITH gone AS (DELETE FROM tally.distinct_values WHERE \(UsageRow.WindowSize.latestEndSQL) < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
+                [.timestamptz(cutoff)])[0].int64("n") ?? 0
+        }
+        dedupeStates.forgetDistinctValues(ofWindowsEndedBefore: cutoff)
+        return removed
+    }
+
     /// Whether every position of the batch is what the offset store holds.
     private func isStored(_ batch: SinkBatch) async throws(SinkError) -> Bool {
         guard !batch.positions.isEmpty else { return false }

@@ -133,4 +133,44 @@ import Testing
             #expect(try await totals(db) == [2, 1, 2, 1])
         }
     }
+    /// An event of acme read from `partition` whose user is counted by a unique-count meter
+    /// per hour and one per day, both windows starting at `hour`.
+    func eventCountingUsers(_ id: String, user: String) throws -> CountedEvent {
+        let acme = try TenantID("acme")
+        let time = Self.hour.addingTimeInterval(5)
+        let usage = [(meter: "users_hourly", size: UsageRow.WindowSize.hour), (meter: "users_daily", size: .day)].map {
+            UsageRow(
+                tenant: acme, meter: $0.meter, subject: "s", windowSize: $0.size, windowStart: Self.hour, aggregation: .uniqueCount, value: 0,
+                eventCount: 1, firstEventAt: time, lastEventAt: time, distinctValues: [user])
+        }
+        return CountedEvent(tenant: acme, source: "/api", id: id, time: time, usage: usage, partition: Self.partition)
+    }
+
+    /// Forgetting the distinct values of windows that ended before a cutoff works in memory as
+    /// in Postgres, and on states loaded again: a forgotten value counts again in its window,
+    /// while a window that may still be open (a day taken at 25 hours) keeps its values.
+    @Test func distinctValuesOfWindowsEndedBeforeTheCutoffAreForgotten() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            func users() async throws -> [String: Int64] {
+                Dictionary(uniqueKeysWithValues: try await db.query("SELECT meter, value::bigint AS v FROM tenant_acme.usage").map {
+                    (try $0.string("meter")!, try $0.int64("v")!)
+                })
+            }
+            var epoch = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try eventCountingUsers("e1", user: "u1")], epoch: epoch, nextOffset: 1))
+            // The hour window ended at hour + 1 h; the day window may last until hour + 25 h.
+            #expect(try await sink.forgetDistinctValues(ofWindowsEndedBefore: Self.hour.addingTimeInterval(2 * 3_600)) == 1)
+            try await sink.commit(batch([try eventCountingUsers("e2", user: "u1")], epoch: epoch, nextOffset: 2))
+            #expect(try await users() == ["users_hourly": 2, "users_daily": 1])
+            // A new owner loads both values again, each with its window's end.
+            epoch = try await sink.acquire([Self.partition], group: "usage")[Self.partition]!.epoch
+            try await sink.commit(batch([try eventCountingUsers("e3", user: "u1")], epoch: epoch, nextOffset: 3))
+            #expect(try await users() == ["users_hourly": 2, "users_daily": 1])
+            #expect(try await sink.forgetDistinctValues(ofWindowsEndedBefore: Self.hour.addingTimeInterval(25 * 3_600 - 1)) == 1)
+            #expect(try await sink.forgetDistinctValues(ofWindowsEndedBefore: Self.hour.addingTimeInterval(25 * 3_600 + 1)) == 1)
+            try await sink.commit(batch([try eventCountingUsers("e4", user: "u1")], epoch: epoch, nextOffset: 4))
+            #expect(try await users() == ["users_hourly": 3, "users_daily": 2])
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.usage_distinct", db) == 2)
+        }
+    }
 }

@@ -148,12 +148,23 @@ public final class UsageProcessor: Sendable {
             }
             if lastForget.duration(to: .now) > .seconds(600) {
                 lastForget = .now
-                let cutoff = Date().addingTimeInterval(-Self.seconds(configuration.dedupeHorizon))
+                let now = Date()
+                let cutoff = now.addingTimeInterval(-Self.seconds(configuration.dedupeHorizon))
                 do { try await sink.forgetEvents(before: cutoff) } catch { logger.warning("could not prune event identities: \(error)") }
+                do {
+                    try await sink.forgetDistinctValues(ofWindowsEndedBefore: now.addingTimeInterval(-Self.seconds(closedWindowAge)))
+                } catch {
+                    logger.warning("could not prune the distinct values of closed windows: \(error)")
+                }
             }
         }
         for (_, commit) in committing.values { _ = await Self.value(of: commit) }
     }
+
+    /// How long ago a window must have ended for its distinct values to be forgotten: no event
+    /// reaches it past the grace, plus a day for processors whose clocks disagree, and never
+    /// before the dedupe horizon, so everything a processor remembers lasts that long.
+    private var closedWindowAge: Duration { max(configuration.dedupeHorizon, configuration.grace + .seconds(86_400)) }
 
     /// Waits for a commit; cancelling the wait cancels the commit's retries.
     private static func value(of commit: Task<Bool, Never>) async -> Bool {
