@@ -88,7 +88,7 @@ struct SinkBenchmark: AsyncParsableCommand {
                 // tables, off the commit path (processors do it every second).
                 print("folding the usage log …")
                 let foldStarted = ContinuousClock.now
-                let folded = try await sink.foldLogs()
+                let folded = try await sink.foldLogs().usageRowsFolded
                 guard folded == rows else { throw ValidationError("folded \(folded) of \(rows) log rows") }
                 let foldSeconds = seconds(since: foldStarted)
                 results.append(("SinkStore.foldLogs: the logged rows merged into the keyed usage tables, one statement", foldSeconds))

@@ -232,16 +232,17 @@ public final class SinkStore: Sendable {
 
     /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`),
     /// and the event stats log into the event stats; what readers see does not change. One fold
-    /// runs at a time across all processes: a call that finds another folding returns at once.
-    /// Returns the number of usage log rows folded.
+    /// runs at a time across all processes: a call that finds another folding returns at once,
+    /// leaving the rest to it.
     ///
     /// A fold writes every tenant partition it folds into, and Postgres locks each in a lock
     /// table of limited size; when that runs out ("out of shared memory"), the fold goes on
     /// in transactions of half as many tenants, down to one tenant a transaction.
     @discardableResult
-    public func foldLogs() async throws(SinkError) -> Int64 {
+    public func foldLogs() async throws(SinkError) -> FoldResult {
         do {
-            return try await foldOnce(tenants: nil) ?? 0
+            guard let moved = try await foldOnce(tenants: nil) else { return FoldResult(usageRowsFolded: 0, complete: false) }
+            return FoldResult(usageRowsFolded: moved, complete: true)
         } catch where error.isOutOfLocks {
             var pending = try await run { db in try tenantsInLogs(db) }[...]
             guard pending.count > 1 else { throw error }
@@ -250,14 +251,14 @@ public final class SinkStore: Sendable {
             while !pending.isEmpty {
                 let chunk = Array(pending.prefix(chunkSize))
                 do {
-                    guard let moved = try await foldOnce(tenants: chunk) else { return folded }
+                    guard let moved = try await foldOnce(tenants: chunk) else { return FoldResult(usageRowsFolded: folded, complete: false) }
                     folded += moved
                     pending.removeFirst(chunk.count)
                 } catch where error.isOutOfLocks && chunkSize > 1 {
                     chunkSize /= 2
                 }
             }
-            return folded
+            return FoldResult(usageRowsFolded: folded, complete: true)
         }
     }
 
@@ -378,3 +379,16 @@ private func appliedVersions(_ db: isolated PostgresConnection, schema: String) 
     Set(try db.query("SELECT version FROM \(quoteIdentifier(schema)).schema_migrations").map { Int(try $0.int64("version")!) })
 }
 
+/// What one `SinkStore.foldLogs` call did.
+public struct FoldResult: Sendable, Equatable {
+    /// Usage log rows moved into the keyed usage tables.
+    public var usageRowsFolded: Int64
+    /// True when the call folded everything committed before it began; false when it found
+    /// another process folding and left some or all of the logs to it.
+    public var complete: Bool
+
+    public init(usageRowsFolded: Int64, complete: Bool) {
+        self.usageRowsFolded = usageRowsFolded
+        self.complete = complete
+    }
+}

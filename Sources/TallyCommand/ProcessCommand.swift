@@ -59,14 +59,17 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Most seconds a fold waits while the processor catches up on a backlog.")
         var foldDeferralSeconds = 30
 
+        @Option(help: "Usage rows that may wait in the Sink's usage log for a fold before the processor stops polling until one completes.")
+        var maxUnfoldedRows = 1_000_000
+
         @Option(help: "Seconds without a heartbeat before the group gives a member's partitions to the others.")
         var sessionTimeout = 45
 
         func validate() throws {
             guard graceDays > 0, dedupeDays >= graceDays else { throw ValidationError("--grace-days must be positive and at most --dedupe-days") }
-            guard maxBatch > 0, commitLanes > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, foldDeferralSeconds >= 0 else {
+            guard maxBatch > 0, commitLanes > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
                 throw ValidationError(
-                    "--max-batch, --commit-lanes, --session-timeout and --fold-interval-ms must be positive, --fold-deferral-seconds not negative")
+                    "--max-batch, --commit-lanes, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
             }
         }
 
@@ -81,6 +84,7 @@ struct ProcessCommand: AsyncParsableCommand {
             configuration.commitLanes = commitLanes
             configuration.foldInterval = .milliseconds(foldIntervalMilliseconds)
             configuration.foldDeferralLimit = .seconds(foldDeferralSeconds)
+            configuration.maximumUnfoldedRows = maxUnfoldedRows
             configuration.consumerProperties["session.timeout.ms"] = String(sessionTimeout * 1000)
             let lastLine = Mutex(ContinuousClock.now - .seconds(1))
             let processor = UsageProcessor(

@@ -87,7 +87,7 @@ struct SinkCommand: AsyncParsableCommand {
             let store = connection.makeStore()
             let folded = try await store.foldLogs()
             await store.close()
-            emit("folded \(folded) usage log rows")
+            emit("folded \(folded.usageRowsFolded) usage log rows" + (folded.complete ? "" : "; another process is folding the rest"))
         }
     }
 }

@@ -97,13 +97,15 @@ import Testing
     }
 
     /// Runs `tally process usage` while `body` runs; `body` gets the process to signal.
-    func withProcessor(_ world: World, _ body: (Execution<NoInput, SequenceOutput, DiscardedOutput>) async throws -> Void) async throws {
+    func withProcessor(
+        _ world: World, maxBatch: Int = 2000, options: [String] = [], _ body: (Execution<NoInput, SequenceOutput, DiscardedOutput>) async throws -> Void
+    ) async throws {
         _ = try await Subprocess.run(
             .path(TallyProcess.executable),
-            arguments: [
+            arguments: Arguments([
                 "process", "usage", "--bootstrap", world.bootstrap, "--postgres", world.server.connectionString, "--tenants", world.tenantsFile,
-                "--meters", world.metersFile, "--max-batch", "2000", "--session-timeout", "6", "--log-level", "warning",
-            ],
+                "--meters", world.metersFile, "--max-batch", String(maxBatch), "--session-timeout", "6", "--log-level", "warning",
+            ] + options),
             input: .none, output: .sequence, error: .discarded
         ) { execution in
             try await body(execution)
@@ -284,6 +286,44 @@ import Testing
                 try await waitForCommittedRecords(records.count, world)
                 try processor.send(signal: .terminate)
             }
+            try await compare(world)
+        }
+    }
+
+    /// With folds deferred for the whole catch-up, the usage log would take every batch's
+    /// deltas until the topic is read; with `--max-unfolded-rows` the processor stops polling
+    /// until a fold completes, so the log never holds more than the bound plus what the polls
+    /// read before the processor sees it passed (at most three), and the results stay exact.
+    @Test func theUsageLogStaysBoundedWhileFoldsAreDeferred() async throws {
+        try await withWorld(events: 30_000) { world in
+            let db = try await PostgresConnection.connect(world.server.connectionString)
+            // After every statement appending to the log, the most rows it has held so far.
+            try await db.execute(
+                """
+                CREATE TABLE usage_log_peak (log_rows bigint NOT NULL);
+                INSERT INTO usage_log_peak VALUES (0);
+                CREATE FUNCTION record_usage_log_peak() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    UPDATE usage_log_peak SET log_rows = greatest(log_rows, (SELECT count(*) FROM tally.usage_log));
+                    RETURN NULL;
+                END $$;
+                CREATE TRIGGER record_usage_log_peak AFTER INSERT ON tally.usage_log
+                    FOR EACH STATEMENT EXECUTE FUNCTION record_usage_log_peak();
+                """)
+            try await produce(world.oracle.records[...], world)
+            let (bound, maxBatch) = (10_000, 500)
+            try await withProcessor(
+                world, maxBatch: maxBatch,
+                options: ["--max-unfolded-rows", String(bound), "--fold-deferral-seconds", "3600", "--fold-interval-ms", "100"]
+            ) { processor in
+                try await waitForCommittedRecords(world.oracle.records.count, world)
+                try processor.send(signal: .terminate)
+            }
+            let peak = try await db.query("SELECT log_rows FROM usage_log_peak")[0].int64("log_rows")!
+            await db.close()
+            let rowsPerEvent = UsageOracle.meterSpecs.reduce(0) { $0 + $1.windows.count }
+            #expect(peak > 0)
+            #expect(peak <= Int64(bound + 3 * maxBatch * rowsPerEvent), "the usage log held \(peak) rows")
             try await compare(world)
         }
     }

@@ -48,7 +48,7 @@ import TestSupport
             _ = try await sink.acquire([partition], group: "usage")
             try await sink.commit(batch(1))
             try await sink.commit(batch(2))  // the same events again: deduplicated
-            #expect(try await sink.foldLogs() == 800)
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 800, complete: true))
             let db = try await PostgresConnection.connect(server.connectionString)
             for tenant in [tenants[0], tenants[199], tenants[399]] {
                 let schema = quoteIdentifier(tenant.schemaName)

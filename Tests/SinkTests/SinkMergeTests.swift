@@ -28,7 +28,7 @@ import Testing
                 try delta(.count, value: 2, count: 2), try delta(.sum, value: 7, total: 7), try delta(.min, value: 4), try delta(.max, value: 4),
                 try delta(.avg, value: 0, total: 10, count: 2), try delta(.latest, value: 3, at: 50), try delta(.uniqueCount, value: 0, count: 2, distinct: ["a", "b"]),
             ]))
-            if method == .loggedDeltas { #expect(try await sink.foldLogs() == 7) }
+            if method == .loggedDeltas { #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 7, complete: true)) }
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
                 try delta(.count, value: 1), try delta(.count, value: 1), try delta(.sum, value: 5, total: 5), try delta(.sum, value: -1, total: -1),
                 try delta(.min, value: 9), try delta(.min, value: 1), try delta(.max, value: 9), try delta(.max, value: -3),
@@ -38,7 +38,7 @@ import Testing
             ]))
             try await expectMergedValues(db)
             if method == .loggedDeltas {
-                #expect(try await sink.foldLogs() == 7, "the second batch's deltas, one per window")
+                #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 7, complete: true), "the second batch's deltas, one per window")
                 #expect(try await db.query("SELECT count(*) AS n FROM tally.usage_log")[0].int64("n") == 0)
                 #expect(try await db.query("SELECT count(*) AS n FROM tenant_acme.usage_folded")[0].int64("n") == 7)
                 try await expectMergedValues(db)

@@ -220,6 +220,20 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
+    /// One fold at a time across processes: a fold that finds another running says it left
+    /// the log to it, and moves nothing.
+    @Test func aFoldWhileAnotherIsRunningLeavesTheLogToIt() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
+            try await db.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('tally.fold'));")
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 0, complete: false))
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 2)
+            try await db.execute("COMMIT")
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 2, complete: true))
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
+        }
+    }
+
     @Test func aTenantsReaderSeesOnlyItsOwnSchema() async throws {
         try await withSink { sink, db, server in
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))

@@ -30,6 +30,11 @@ public struct UsageProcessorConfiguration: Sendable {
     /// the commits have the machine to themselves, but never longer than this since the last
     /// fold, so folding goes on under sustained load.
     public var foldDeferralLimit: Duration = .seconds(30)
+    /// Back-pressure: while more usage rows than this may wait in the Sink's usage log, counted
+    /// by this processor (the rows its commits added since its last complete fold, before
+    /// merging), it polls no more records and folds at once, so the log stays bounded and a
+    /// backlog that folds cannot keep up with waits in Kafka.
+    public var maximumUnfoldedRows = 1_000_000
     /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`. By default a
     /// fetch that finds no records waits at most 100 ms (librdkafka's default is 500 ms; a
     /// broker that does not answer early on new records, like librdkafka's mock cluster, adds
@@ -54,6 +59,9 @@ public final class UsageProcessor: Sendable {
     private let progress: @Sendable (ProcessorProgress) -> Void
     /// Whether the last poll returned a full batch: records are waiting.
     private let catchingUp = Atomic<Bool>(false)
+    /// Usage rows this processor's commits added to the Sink's usage log since its last
+    /// complete fold (an upper bound: counted before a batch's deltas merge).
+    private let unfoldedRows = Atomic<Int>(0)
 
     public init(
         configuration: UsageProcessorConfiguration, sink: SinkStore, calculator: UsageCalculator, logger: Logger = Logger(label: "tally.usage"),
@@ -92,8 +100,9 @@ public final class UsageProcessor: Sendable {
         }
         do {
             try await consumer.subscribe([configuration.topic])
-            async let folder: Void = foldContinuously(folding)
-            try await process(consumer, ownership: ownership, deadLetters: deadLetters, lanes: lanes)
+            let (folds, announceFold) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+            async let folder: Void = foldContinuously(folding, announcing: announceFold)
+            try await process(consumer, ownership: ownership, deadLetters: deadLetters, lanes: lanes, folds: folds)
             await folder
         } catch {
             await closeAll()
@@ -103,13 +112,26 @@ public final class UsageProcessor: Sendable {
     }
 
     /// Folds the Sink's logs every `foldInterval`, deferred while catching up (up to
-    /// `foldDeferralLimit`), until the task is cancelled.
-    private func foldContinuously(_ store: SinkStore) async {
+    /// `foldDeferralLimit`, and never past `maximumUnfoldedRows`), until the task is cancelled;
+    /// announces every complete fold.
+    private func foldContinuously(_ store: SinkStore, announcing announceFold: AsyncStream<Void>.Continuation) async {
+        defer { announceFold.finish() }
         var lastFold = ContinuousClock.now
         while !Task.isCancelled {
-            if !catchingUp.load(ordering: .relaxed) || lastFold.duration(to: .now) >= configuration.foldDeferralLimit {
+            let counted = unfoldedRows.load(ordering: .relaxed)
+            if counted > configuration.maximumUnfoldedRows || !catchingUp.load(ordering: .relaxed)
+                || lastFold.duration(to: .now) >= configuration.foldDeferralLimit
+            {
                 lastFold = .now
-                do { try await store.foldLogs() } catch { logger.warning("could not fold the usage and stats logs: \(error)") }
+                do {
+                    // Everything counted had committed before the fold began, so it folded.
+                    if try await store.foldLogs().complete {
+                        unfoldedRows.subtract(counted, ordering: .relaxed)
+                        announceFold.yield()
+                    }
+                } catch {
+                    logger.warning("could not fold the usage and stats logs: \(error)")
+                }
             }
             try? await Task.sleep(for: configuration.foldInterval)
         }
@@ -117,12 +139,21 @@ public final class UsageProcessor: Sendable {
 
     /// Polls and prepares the next batches while the previous ones commit, so the processor's
     /// own work overlaps Postgres's; the batches of a poll commit side by side, one per lane.
-    private func process(_ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes: [SinkStore]) async throws {
+    private func process(
+        _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes: [SinkStore], folds: AsyncStream<Void>
+    ) async throws {
+        var foldsDone = folds.makeAsyncIterator()
         var totals = ProcessorProgress()
         var lastForget = ContinuousClock.now - .seconds(3600)
         var committing: [Int: (batch: PreparedBatch, commit: Task<Bool, Never>)] = [:]
         defer { for (_, commit) in committing.values { commit.cancel() } }
         while !Task.isCancelled {
+            if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
+                while unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                    guard await foldsDone.next() != nil else { break }
+                }
+            }
             let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
             catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
             var next = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
@@ -130,6 +161,7 @@ public final class UsageProcessor: Sendable {
             var fenced: Set<LogPartition> = []
             for (lane, (batch, commit)) in committing {
                 if await Self.value(of: commit) {
+                    unfoldedRows.add(batch.usageRows, ordering: .relaxed)
                     totals.add(batch)
                 } else {
                     // Another member owns a partition now: the lane's next batch, read after
@@ -176,6 +208,8 @@ public final class UsageProcessor: Sendable {
         var sink: SinkBatch
         var deadLetters: [ProducerRecord]
         var records = 0
+        /// Usage rows of the counted events, before they merge per window.
+        var usageRows = 0
     }
 
     func prepare(_ records: [ConsumerRecord], ownership: SinkOwnership) -> PreparedBatch {
@@ -222,6 +256,7 @@ public final class UsageProcessor: Sendable {
                 continue
             }
             let (rows, failures) = calculator.usage(of: event)
+            batch.usageRows += rows.count
             batch.sink.events.append(CountedEvent(tenant: event.tenant, source: event.source, id: event.id, time: event.time.date, usage: rows, partition: partition))
             for failure in failures {
                 batch.sink.rejections.append(
