@@ -275,29 +275,29 @@ public final class SinkStore: Sendable {
     /// Returns how many were removed from Postgres.
     @discardableResult
     public func forgetEvents(before cutoff: Date) async throws(SinkError) -> Int64 {
-        let removed = try await run { db in
-            try db.query(
-                "WITH gone AS (DELETE FROM tally.event_identities WHERE event_time < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
-                [.timestamptz(cutoff)])[0].int64("n") ?? 0
-        }
+        let removed = try await countDeleted("DELETE FROM tally.event_identities WHERE event_time < $1", cutoff: cutoff)
         dedupeStates.forgetIdentities(before: cutoff)
         return removed
     }
 
     /// Forgets the distinct values of `unique_count` windows that ended before `cutoff`, in
-    /// Postgres and in the states in memory, each window taken at its longest (see
-    /// `UsageRow.WindowSize`). Meant for windows no event can reach any more (past the grace
-    /// for late events): a value that still arrives for one counts again. Returns how many
-    /// were removed from Postgres.
+    /// Postgres and in the states in memory, each window taken at its longest (a day in a
+    /// tenant's time zone at 25 hours, a month at 31 days and an hour). Meant for windows no
+    /// event can reach any more (past the grace for late events): a value that still arrives
+    /// for one counts again. Returns how many were removed from Postgres.
     @discardableResult
     public func forgetDistinctValues(ofWindowsEndedBefore cutoff: Date) async throws(SinkError) -> Int64 {
-        let removed = try await run { db in
-            try db.query(
-                "WITH gone AS (DELETE FROM tally.distinct_values WHERE \(UsageRow.WindowSize.latestEndSQL) < $1 RETURNING 1) SELECT count(*) AS n FROM gone",
-                [.timestamptz(cutoff)])[0].int64("n") ?? 0
-        }
+        let removed = try await countDeleted(
+            "DELETE FROM tally.distinct_values WHERE \(UsageRow.WindowSize.latestEndSQL) < $1", cutoff: cutoff)
         dedupeStates.forgetDistinctValues(ofWindowsEndedBefore: cutoff)
         return removed
+    }
+
+    /// Runs `delete`, a `DELETE` taking `cutoff` as `$1`; the number of rows it removed.
+    private func countDeleted(_ delete: String, cutoff: Date) async throws(SinkError) -> Int64 {
+        try await run { db in
+            try db.query("WITH gone AS (\(delete) RETURNING 1) SELECT count(*) AS n FROM gone", [.timestamptz(cutoff)])[0].int64("n") ?? 0
+        }
     }
 
     /// Whether every position of the batch is what the offset store holds.
