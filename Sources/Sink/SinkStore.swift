@@ -233,15 +233,16 @@ public final class SinkStore: Sendable {
     /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`),
     /// and the event stats log into the event stats; what readers see does not change. One fold
     /// runs at a time across all processes: a call that finds another folding returns at once,
-    /// leaving the rest to it.
+    /// leaving the rest to it, unless `waitingForRunningFold`, when it waits for that fold to
+    /// end and then folds what is left.
     ///
     /// A fold writes every tenant partition it folds into, and Postgres locks each in a lock
     /// table of limited size; when that runs out ("out of shared memory"), the fold goes on
     /// in transactions of half as many tenants, down to one tenant a transaction.
     @discardableResult
-    public func foldLogs() async throws(SinkError) -> FoldResult {
+    public func foldLogs(waitingForRunningFold: Bool = false) async throws(SinkError) -> FoldResult {
         do {
-            guard let moved = try await foldOnce(tenants: nil) else { return FoldResult(usageRowsFolded: 0, complete: false) }
+            guard let moved = try await foldOnce(tenants: nil, waiting: waitingForRunningFold) else { return FoldResult(usageRowsFolded: 0, complete: false) }
             return FoldResult(usageRowsFolded: moved, complete: true)
         } catch where error.isOutOfLocks {
             var pending = try await run { db in try tenantsInLogs(db) }[...]
@@ -251,7 +252,7 @@ public final class SinkStore: Sendable {
             while !pending.isEmpty {
                 let chunk = Array(pending.prefix(chunkSize))
                 do {
-                    guard let moved = try await foldOnce(tenants: chunk) else { return FoldResult(usageRowsFolded: folded, complete: false) }
+                    guard let moved = try await foldOnce(tenants: chunk, waiting: waitingForRunningFold) else { return FoldResult(usageRowsFolded: folded, complete: false) }
                     folded += moved
                     pending.removeFirst(chunk.count)
                 } catch where error.isOutOfLocks && chunkSize > 1 {
@@ -262,10 +263,15 @@ public final class SinkStore: Sendable {
         }
     }
 
-    /// One fold transaction over `tenants` (all when nil); nil when another process is folding.
-    private func foldOnce(tenants: [TenantID]?) async throws(SinkError) -> Int64? {
+    /// One fold transaction over `tenants` (all when nil); nil when another process is folding,
+    /// unless `waiting` for it.
+    private func foldOnce(tenants: [TenantID]?, waiting: Bool) async throws(SinkError) -> Int64? {
         try await run { db in
-            guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
+            if waiting {
+                try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.fold'))")
+            } else {
+                guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
+            }
             return try Sink.foldLogs(tenants: tenants, db)
         }
     }

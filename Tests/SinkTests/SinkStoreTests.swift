@@ -234,6 +234,28 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
+    /// A fold told to wait for a running one (a processor over its back-pressure bound) does,
+    /// then folds what is left and says it folded everything.
+    @Test func aFoldWaitingForARunningOneFoldsWhatIsLeftOnceItEnds() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, server in
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
+            let rival = try await PostgresConnection.connect(server.connectionString)
+            let rivalPID = try await rival.query("SELECT pg_backend_pid() AS pid")[0].int64("pid")!
+            try await rival.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('tally.fold'));")
+            let folding = Task { try await sink.foldLogs(waitingForRunningFold: true) }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", [.int32(Int32(rivalPID))])[0].int64("n") == 0 {
+                try #require(ContinuousClock.now < deadline, "the fold never waited for the running one")
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 2)
+            try await rival.execute("COMMIT")
+            #expect(try await folding.value == FoldResult(usageRowsFolded: 2, complete: true))
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
+            await rival.close()
+        }
+    }
+
     @Test func aTenantsReaderSeesOnlyItsOwnSchema() async throws {
         try await withSink { sink, db, server in
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))

@@ -119,13 +119,14 @@ public final class UsageProcessor: Sendable {
         var lastFold = ContinuousClock.now
         while !Task.isCancelled {
             let counted = unfoldedRows.load(ordering: .relaxed)
-            if counted > configuration.maximumUnfoldedRows || !catchingUp.load(ordering: .relaxed)
-                || lastFold.duration(to: .now) >= configuration.foldDeferralLimit
-            {
+            // Past the bound, polling waits for this fold: it waits in turn for another
+            // process's fold rather than leave the log to it.
+            let overBound = counted > configuration.maximumUnfoldedRows
+            if overBound || !catchingUp.load(ordering: .relaxed) || lastFold.duration(to: .now) >= configuration.foldDeferralLimit {
                 lastFold = .now
                 do {
                     // Everything counted had committed before the fold began, so it folded.
-                    if try await store.foldLogs().complete {
+                    if try await store.foldLogs(waitingForRunningFold: overBound).complete {
                         unfoldedRows.subtract(counted, ordering: .relaxed)
                         announceFold.yield()
                     }
