@@ -242,8 +242,8 @@ public final class SinkStore: Sendable {
     @discardableResult
     public func foldLogs(waitingForRunningFold: Bool = false) async throws(SinkError) -> FoldResult {
         do {
-            guard let moved = try await foldOnce(tenants: nil, waiting: waitingForRunningFold) else { return FoldResult(usageRowsFolded: 0, complete: false) }
-            return FoldResult(usageRowsFolded: moved, complete: true)
+            let moved = try await foldOnce(tenants: nil, waiting: waitingForRunningFold)
+            return FoldResult(usageRowsFolded: moved ?? 0, complete: moved != nil)
         } catch where error.isOutOfLocks {
             var pending = try await run { db in try tenantsInLogs(db) }[...]
             guard pending.count > 1 else { throw error }
@@ -252,7 +252,9 @@ public final class SinkStore: Sendable {
             while !pending.isEmpty {
                 let chunk = Array(pending.prefix(chunkSize))
                 do {
-                    guard let moved = try await foldOnce(tenants: chunk, waiting: waitingForRunningFold) else { return FoldResult(usageRowsFolded: folded, complete: false) }
+                    guard let moved = try await foldOnce(tenants: chunk, waiting: waitingForRunningFold) else {
+                        return FoldResult(usageRowsFolded: folded, complete: false)
+                    }
                     folded += moved
                     pending.removeFirst(chunk.count)
                 } catch where error.isOutOfLocks && chunkSize > 1 {
