@@ -2,12 +2,13 @@ import Events
 import Foundation
 import Kafka
 import Postgres
+import Sink
 import Subprocess
 import Tenancy
 import TestSupport
 import Testing
 
-/// `tally process usage` reloading its meters on SIGHUP.
+/// `tally process usage` as a process: reloading its meters on SIGHUP, pruning dedupe state.
 @Suite struct ProcessCommandTests {
     @Test func aBadMetersFileIsRefusedWithItsLineAndTheRunningProcessorKeepsItsMeters() async throws {
         let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: "tenants:\n  - id: acme\n")
@@ -76,6 +77,57 @@ import Testing
             // The old meter counted the first two events (the bad file changed nothing), the new one the third.
             let rows = try await db.query("SELECT meter, value::text AS v FROM tenant_acme.usage ORDER BY meter")
             #expect(try rows.map { "\(try $0.string("meter")!)=\(try $0.string("v")!)" } == ["requests=2", "tokens=5"])
+            await db.close()
+        }
+    }
+
+    /// A processor prunes at start (then every 10 minutes) the identities past the dedupe
+    /// horizon (`--dedupe-days`) and the distinct values of windows that ended before it (it
+    /// is later than the grace plus a day), keeping the rest.
+    @Test func theProcessorForgetsIdentitiesPastTheHorizonAndDistinctValuesOfClosedWindows() async throws {
+        let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: "tenants:\n  - id: acme\n")
+        let metersFile = try temporaryFile(
+            named: "meters.yaml", contents: "meters:\n  - {tenant: acme, name: users, event_type: api.request, aggregation: unique_count, value: user, windows: [day]}\n")
+        try await withLocalPostgres { server in
+            let cluster = try MockCluster(brokers: 1)
+            defer { cluster.shutdown() }
+            try cluster.createTopic("events", partitions: 1, replicationFactor: 1)
+            try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 1)
+            let sink = SinkStore(conninfo: server.connectionString)
+            try await sink.prepare()
+            await sink.close()
+            let db = try await PostgresConnection.connect(server.connectionString)
+            // Day windows starting 40 and 2 days ago (the horizon is 32 days); identities of 40 and 2 days ago.
+            try await db.execute(
+                """
+                INSERT INTO tally.event_identities (tenant, source, event_id, event_time) VALUES
+                    ('acme', '/s', 'old', now() - interval '40 days'), ('acme', '/s', 'recent', now() - interval '2 days');
+                INSERT INTO tally.distinct_values (tenant, meter, subject, window_size, window_start, group_key, value_key) VALUES
+                    ('acme', 'users', 'c1', 'day', date_trunc('day', now()) - interval '40 days', '', 'old'),
+                    ('acme', 'users', 'c1', 'day', date_trunc('day', now()) - interval '2 days', '', 'recent');
+                """)
+            func remaining() async throws -> [String] {
+                try await db.query(
+                    "SELECT 'identity ' || event_id AS r FROM tally.event_identities UNION ALL SELECT 'value ' || value_key FROM tally.distinct_values ORDER BY 1"
+                ).map { try $0.string("r")! }
+            }
+            let outcome = try await Subprocess.run(
+                .path(TallyProcess.executable),
+                arguments: [
+                    "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants", tenantsFile,
+                    "--meters", metersFile, "--log-level", "warning",
+                ],
+                input: .none, output: .discarded, error: .discarded
+            ) { execution in
+                let deadline = ContinuousClock.now + .seconds(60)
+                while case let rows = try await remaining(), rows.count > 2 {
+                    try #require(ContinuousClock.now < deadline, "the processor left \(rows)")
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                try execution.send(signal: .terminate)
+            }
+            #expect(outcome.terminationStatus.isSuccess)
+            #expect(try await remaining() == ["identity recent", "value recent"])
             await db.close()
         }
     }
