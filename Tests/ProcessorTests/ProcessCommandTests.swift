@@ -1,6 +1,7 @@
 import Events
 import Foundation
 import Kafka
+import LocalPostgres
 import Postgres
 import Sink
 import Subprocess
@@ -10,6 +11,26 @@ import Testing
 
 /// `tally process usage` as a process: reloading its meters on SIGHUP, pruning dedupe state.
 @Suite struct ProcessCommandTests {
+    /// A Postgres and a mock cluster in this process with one-partition `events` and
+    /// `events.dlq` topics, while `body` runs.
+    func withPostgresAndBroker(_ body: (LocalPostgresServer, MockCluster) async throws -> Void) async throws {
+        try await withLocalPostgres { server in
+            let cluster = try MockCluster(brokers: 1)
+            defer { cluster.shutdown() }
+            try cluster.createTopic("events", partitions: 1, replicationFactor: 1)
+            try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 1)
+            try await body(server, cluster)
+        }
+    }
+
+    /// `tally process usage` against them.
+    func processArguments(_ server: LocalPostgresServer, _ cluster: MockCluster, tenants: String, meters: String, logLevel: String) -> Arguments {
+        [
+            "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants", tenants, "--meters",
+            meters, "--log-level", logLevel,
+        ]
+    }
+
     @Test func aBadMetersFileIsRefusedWithItsLineAndTheRunningProcessorKeepsItsMeters() async throws {
         let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: "tenants:\n  - id: acme\n")
         let metersFile = try temporaryFile(
@@ -21,11 +42,7 @@ import Testing
         #expect(startup.status != 0)
         #expect(startup.errors.contains("bad.yaml:2:"), "\(startup.errors)")
 
-        try await withLocalPostgres { server in
-            let cluster = try MockCluster(brokers: 1)
-            defer { cluster.shutdown() }
-            try cluster.createTopic("events", partitions: 1, replicationFactor: 1)
-            try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 1)
+        try await withPostgresAndBroker { server, cluster in
             let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
             defer { Task { await producer.close() } }
             func send(_ id: String) async throws {
@@ -44,10 +61,7 @@ import Testing
             }
             let outcome = try await Subprocess.run(
                 .path(TallyProcess.executable),
-                arguments: [
-                    "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants", tenantsFile,
-                    "--meters", metersFile, "--log-level", "notice",
-                ],
+                arguments: processArguments(server, cluster, tenants: tenantsFile, meters: metersFile, logLevel: "notice"),
                 input: .none, output: .discarded, error: .sequence
             ) { execution in
                 var errors = execution.standardError.strings().makeAsyncIterator()
@@ -88,11 +102,7 @@ import Testing
         let tenantsFile = try temporaryFile(named: "tenants.yaml", contents: "tenants:\n  - id: acme\n")
         let metersFile = try temporaryFile(
             named: "meters.yaml", contents: "meters:\n  - {tenant: acme, name: users, event_type: api.request, aggregation: unique_count, value: user, windows: [day]}\n")
-        try await withLocalPostgres { server in
-            let cluster = try MockCluster(brokers: 1)
-            defer { cluster.shutdown() }
-            try cluster.createTopic("events", partitions: 1, replicationFactor: 1)
-            try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 1)
+        try await withPostgresAndBroker { server, cluster in
             let sink = SinkStore(conninfo: server.connectionString)
             try await sink.prepare()
             await sink.close()
@@ -113,10 +123,7 @@ import Testing
             }
             let outcome = try await Subprocess.run(
                 .path(TallyProcess.executable),
-                arguments: [
-                    "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants", tenantsFile,
-                    "--meters", metersFile, "--log-level", "warning",
-                ],
+                arguments: processArguments(server, cluster, tenants: tenantsFile, meters: metersFile, logLevel: "warning"),
                 input: .none, output: .discarded, error: .discarded
             ) { execution in
                 let deadline = ContinuousClock.now + .seconds(60)
