@@ -45,7 +45,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     var foldDeferralSeconds = 30
 
     @Option(help: "The processor's --max-unfolded-rows.")
-    var maxUnfoldedRows = 1_000_000
+    var maxUnfoldedRows = 4_000_000
 
     @Option(help: "Postgres shared_buffers, e.g. 1GB; the server's default (128MB) when not given.")
     var sharedBuffers: String?

@@ -242,6 +242,52 @@ enum SinkSchema {
             ALTER TABLE tally.usage_log DROP CONSTRAINT usage_log_window_size_check, DROP CONSTRAINT usage_log_aggregation_check;
             """
         ),
+        (
+            10,
+            """
+            -- Readers merge the usage log into what they see, and an unindexed log is scanned whole
+            -- by every reader's query. Hash-partitioned by tenant, a query for one tenant scans
+            -- that tenant's partition only, a thirty-second of the log, so the log may hold more
+            -- before a fold (a processor's --max-unfolded-rows) without slowing readers down.
+            ALTER TABLE tally.usage_log RENAME TO usage_log_unpartitioned;
+            CREATE TABLE tally.usage_log (LIKE tally.usage_log_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+                PARTITION BY HASH (tenant);
+            DO $$
+            BEGIN
+                FOR remainder IN 0..31 LOOP
+                    EXECUTE format(
+                        'CREATE TABLE tally.usage_log_%s PARTITION OF tally.usage_log FOR VALUES WITH (MODULUS 32, REMAINDER %s)',
+                        remainder, remainder);
+                END LOOP;
+            END $$;
+            INSERT INTO tally.usage_log SELECT * FROM tally.usage_log_unpartitioned;
+            -- The view of migration 4, over the partitioned log.
+            CREATE OR REPLACE VIEW tally.usage_current AS
+            SELECT tenant, meter, subject, window_size, window_start, group_key,
+                   min(aggregation) AS aggregation,
+                   CASE min(aggregation)
+                       WHEN 'min' THEN min(value)
+                       WHEN 'max' THEN max(value)
+                       WHEN 'avg' THEN sum(total) / sum(event_count)
+                       WHEN 'latest' THEN (array_agg(value ORDER BY last_event_at DESC, commit_seq DESC) FILTER (WHERE aggregation = 'latest'))[1]
+                       ELSE sum(value)
+                   END AS value,
+                   sum(total) AS total, sum(event_count)::bigint AS event_count,
+                   min(first_event_at) AS first_event_at, max(last_event_at) AS last_event_at, max(updated_at) AS updated_at
+            FROM (
+                SELECT tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count,
+                       first_event_at, last_event_at, updated_at, 0::bigint AS commit_seq
+                FROM tally.usage
+                UNION ALL
+                SELECT tenant, meter, subject, window_size, 'epoch'::timestamptz + window_start_us * interval '1 microsecond', group_key,
+                       aggregation, value, total, event_count, 'epoch'::timestamptz + first_event_us * interval '1 microsecond',
+                       'epoch'::timestamptz + last_event_us * interval '1 microsecond', committed_at, commit_seq
+                FROM tally.usage_log
+            ) AS deltas
+            GROUP BY tenant, meter, subject, window_size, window_start, group_key;
+            DROP TABLE tally.usage_log_unpartitioned;
+            """
+        ),
     ]
 
     /// `{schema}` stands for the quoted tenant schema, `{tenant}` for the tenant id as a

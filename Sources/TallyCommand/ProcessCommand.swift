@@ -60,7 +60,7 @@ struct ProcessCommand: AsyncParsableCommand {
         var foldDeferralSeconds = 30
 
         @Option(help: "Usage rows that may wait in the Sink's usage log for a fold before the processor stops polling until one completes.")
-        var maxUnfoldedRows = 1_000_000
+        var maxUnfoldedRows = 4_000_000
 
         @Option(help: "Seconds without a heartbeat before the group gives a member's partitions to the others.")
         var sessionTimeout = 45

@@ -1,7 +1,7 @@
 import Foundation
 import LocalPostgres
 import Postgres
-import Sink
+@testable import Sink
 import Tenancy
 import Testing
 import TestSupport
@@ -253,6 +253,46 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             #expect(try await folding.value == FoldResult(usageRowsFolded: 2, complete: true))
             #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
             await rival.close()
+        }
+    }
+
+    /// Control migration 10 hash-partitions the usage log by tenant: deltas committed before it
+    /// stay visible and fold as before, and a reader's query scans its tenant's partition only.
+    @Test func theUsageLogIsPartitionedByTenantWithItsDeltasKept() async throws {
+        try await withLocalPostgres { server in
+            let db = try await PostgresConnection.connect(server.connectionString)
+            // The control schema as version 9 left it.
+            try await db.execute(
+                """
+                CREATE SCHEMA tally;
+                CREATE TABLE tally.schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+                """)
+            for (version, sql) in SinkSchema.controlMigrations where version <= 9 {
+                try await db.execute(sql)
+                try await db.query("INSERT INTO tally.schema_migrations (version) VALUES ($1)", [.int32(Int32(version))])
+            }
+            let sink = SinkStore(conninfo: server.connectionString, writeMethod: .loggedDeltas)
+            let before = [try usage("acme"), try usage("acme", subject: "customer_2", value: 3), try usage("globex", value: 7)]
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: before))
+            #expect(try await count("SELECT count(*) AS n FROM pg_partitioned_table WHERE partrelid = 'tally.usage_log'::regclass", db) == 0)
+
+            try await sink.prepare()
+            #expect(try await count("SELECT count(*) AS n FROM pg_partitioned_table WHERE partrelid = 'tally.usage_log'::regclass", db) == 1)
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 3, "the deltas moved with the log")
+            let plan = try await db.query("EXPLAIN SELECT * FROM tenant_acme.usage").map { try $0.string("QUERY PLAN") ?? "" }
+            #expect(plan.filter { $0.contains("Scan on usage_log_") }.count == 1, "one partition of the log: \(plan)")
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme", value: 2)]))
+            let acmeSQL = "SELECT subject, value::text AS v, event_count FROM tenant_acme.usage ORDER BY subject"
+            func acme() async throws -> [String] {
+                try await db.query(acmeSQL).map { "\(try $0.string("subject")!) \(try $0.string("v")!) \(try $0.int64("event_count")!)" }
+            }
+            #expect(try await acme() == ["customer_1 7 10", "customer_2 3 5"], "merged from the log")
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 4, complete: true))
+            #expect(try await acme() == ["customer_1 7 10", "customer_2 3 5"], "folded")
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
+            #expect(try await count("SELECT value::bigint AS n FROM tenant_globex.usage_folded", db) == 7)
+            await sink.close()
+            await db.close()
         }
     }
 

@@ -34,7 +34,7 @@ public struct UsageProcessorConfiguration: Sendable {
     /// by this processor (the rows its commits added since its last complete fold, before
     /// merging), it polls no more records and folds without deferral, so the log stays bounded
     /// and a backlog that folds cannot keep up with waits in Kafka.
-    public var maximumUnfoldedRows = 1_000_000
+    public var maximumUnfoldedRows = 4_000_000
     /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`. By default a
     /// fetch that finds no records waits at most 100 ms (librdkafka's default is 500 ms; a
     /// broker that does not answer early on new records, like librdkafka's mock cluster, adds
