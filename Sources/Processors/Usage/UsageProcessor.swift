@@ -33,7 +33,9 @@ public struct UsageProcessorConfiguration: Sendable {
     /// Back-pressure: while more usage rows than this may wait in the Sink's usage log, counted
     /// by this processor (the rows its commits added since its last complete fold, before
     /// merging), it polls no more records and folds without deferral, so the log stays bounded
-    /// and a backlog that folds cannot keep up with waits in Kafka.
+    /// and a backlog that folds cannot keep up with waits in Kafka. A bigger bound lets folds
+    /// merge more deltas into each window (fewer upserts an event), at the cost of more log rows
+    /// for readers' queries to merge (each scans its tenant's partition of the log).
     public var maximumUnfoldedRows = 4_000_000
     /// Further librdkafka properties of the consumer, e.g. `session.timeout.ms`. By default a
     /// fetch that finds no records waits at most 100 ms (librdkafka's default is 500 ms; a
