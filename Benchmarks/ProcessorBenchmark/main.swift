@@ -137,12 +137,15 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             let start = ContinuousClock.now
             let firstCommit = try await waitForCommitted(events, server: server) { committed in print("committed \(committed)/\(events)") }
             let seconds = Self.seconds(since: start)
-            // Nil when the first commit seen covered everything already.
-            let sustained = firstCommit.committed < events ? Double(events - firstCommit.committed) / Self.seconds(since: firstCommit.seen) : nil
+            /// Events after the first commit seen per second since; nil when that commit covered everything already.
+            func rateSinceFirstCommit() -> Double? {
+                firstCommit.committed < events ? Double(events - firstCommit.committed) / Self.seconds(since: firstCommit.seen) : nil
+            }
+            let sustained = rateSinceFirstCommit()
             // Every event's usage in the keyed tables, none left in the log: what the processor
             // sustains with its folds.
             try await waitForFoldedLog(server: server)
-            let folded = firstCommit.committed < events ? Double(events - firstCommit.committed) / Self.seconds(since: firstCommit.seen) : nil
+            let folded = rateSinceFirstCommit()
             let processorCPU = Self.cpuSeconds(of: pid)
             let postgresCPU = Self.postgresCPUSeconds(of: server) - postgresCPUBefore
             var lags: [Double] = []

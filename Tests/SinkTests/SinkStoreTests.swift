@@ -282,9 +282,11 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             let plan = try await db.query("EXPLAIN SELECT * FROM tenant_acme.usage").map { try $0.string("QUERY PLAN") ?? "" }
             #expect(plan.filter { $0.contains("Scan on usage_log_") }.count == 1, "one partition of the log: \(plan)")
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme", value: 2)]))
-            let acmeSQL = "SELECT subject, value::text AS v, event_count FROM tenant_acme.usage ORDER BY subject"
+            /// acme's windows as readers see them: subject, value, events.
             func acme() async throws -> [String] {
-                try await db.query(acmeSQL).map { "\(try $0.string("subject")!) \(try $0.string("v")!) \(try $0.int64("event_count")!)" }
+                try await db.query("SELECT subject, value::text AS v, event_count FROM tenant_acme.usage ORDER BY subject").map {
+                    "\(try $0.string("subject")!) \(try $0.string("v")!) \(try $0.int64("event_count")!)"
+                }
             }
             #expect(try await acme() == ["customer_1 7 10", "customer_2 3 5"], "merged from the log")
             #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 4, complete: true))
