@@ -41,6 +41,9 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "The processor's --fold-interval-ms.")
     var foldIntervalMs = 1_000
 
+    @Option(help: "The processor's --fold-connections.")
+    var foldConnections = 2
+
     @Option(help: "The processor's --fold-deferral-seconds.")
     var foldDeferralSeconds = 30
 
@@ -268,7 +271,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             .path(FilePath(tally)),
             arguments: [
                 "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants",
-                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--fold-deferral-seconds", String(foldDeferralSeconds), "--max-unfolded-rows", String(maxUnfoldedRows),
+                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--fold-deferral-seconds", String(foldDeferralSeconds), "--fold-connections", String(foldConnections), "--max-unfolded-rows", String(maxUnfoldedRows),
                 "--log-level", "warning",
             ],
             input: .none, output: .discarded, error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)

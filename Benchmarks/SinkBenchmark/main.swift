@@ -91,7 +91,7 @@ struct SinkBenchmark: AsyncParsableCommand {
                 let folded = try await sink.foldLogs().usageRowsFolded
                 guard folded == rows else { throw ValidationError("folded \(folded) of \(rows) log rows") }
                 let foldSeconds = seconds(since: foldStarted)
-                results.append(("SinkStore.foldLogs: the logged rows merged into the keyed usage tables, one statement", foldSeconds))
+                results.append(("SinkStore.foldLogs: the logged rows merged into the keyed usage tables, a statement per log part", foldSeconds))
                 results.append(("logged commits + fold, end to end", commitSeconds + foldSeconds))
             }
             await sink.close()

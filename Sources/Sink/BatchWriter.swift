@@ -179,17 +179,17 @@ private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter)
     fields.append(microseconds(row.lastEventAt))
 }
 
-/// Moves the deltas of `tenants` (all when nil) in the usage log into the keyed usage tables:
-/// merged per window first, then upserted with the same merge as a commit's, in one statement;
-/// then their stats log rows into the event stats the same way. Returns the number of usage
-/// log rows moved.
-func foldLogs(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
-    let selection = tenants.map { _ in "WHERE tenant = ANY(string_to_array($1, ','))" } ?? ""
-    let parameters = tenants.map { [tenantList($0)] } ?? []
+/// The usage log's hash partitions by tenant, `tally.usage_log_0` up to this count less one
+/// (control migration 10).
+let usageLogPartitions = 32
+
+/// Moves the rows of `tenants` (all when nil) in the event stats log into the event stats,
+/// summed per tenant-day.
+func foldStatsLog(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws {
     try db.query(
         """
         WITH moved AS (
-            DELETE FROM tally.event_stats_log \(selection) RETURNING *
+            DELETE FROM tally.event_stats_log \(tenantSelection(tenants)) RETURNING *
         )
         INSERT INTO tally.event_stats AS s (tenant, day, counted, deduplicated, late, rejected)
         SELECT tenant, date '1970-01-01' + epoch_day, sum(counted), sum(deduplicated), sum(late), sum(rejected)
@@ -198,11 +198,17 @@ func foldLogs(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws ->
         ON CONFLICT (tenant, day) DO UPDATE SET
             counted = s.counted + EXCLUDED.counted, deduplicated = s.deduplicated + EXCLUDED.deduplicated,
             late = s.late + EXCLUDED.late, rejected = s.rejected + EXCLUDED.rejected, updated_at = now()
-        """, parameters)
-    return try db.query(
+        """, tenants.map { [tenantList($0)] } ?? [])
+}
+
+/// Moves the deltas of `tenants` (all when nil) in one partition of the usage log into the
+/// keyed usage tables: merged per window first, then upserted with the same merge as a
+/// commit's, in one statement. Returns the number of log rows moved.
+func foldUsageLog(partition: Int, tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
+    try db.query(
         """
         WITH moved AS (
-            DELETE FROM tally.usage_log \(selection) RETURNING *
+            DELETE FROM tally.usage_log_\(partition) \(tenantSelection(tenants)) RETURNING *
         ), merged AS (
             SELECT tenant, meter, subject, window_size, window_start_us, group_key, min(aggregation) AS aggregation,
                    CASE min(aggregation)
@@ -225,14 +231,18 @@ func foldLogs(tenants: [TenantID]?, _ db: isolated PostgresConnection) throws ->
             \(usageMerge)
         )
         SELECT count(*) AS n FROM moved
-        """, parameters)[0].int64("n") ?? 0
+        """, tenants.map { [tenantList($0)] } ?? [])[0].int64("n") ?? 0
 }
 
-/// The tenants with rows in the usage or stats log.
-func tenantsInLogs(_ db: isolated PostgresConnection) throws -> [TenantID] {
-    try db.query("SELECT tenant FROM tally.usage_log UNION SELECT tenant FROM tally.event_stats_log ORDER BY tenant").map {
-        try tenantID(in: $0, column: "tenant")
-    }
+/// `WHERE` for the rows of `tenants`, passed as `$1`; nothing for all tenants.
+private func tenantSelection(_ tenants: [TenantID]?) -> String {
+    tenants == nil ? "" : "WHERE tenant = ANY(string_to_array($1, ','))"
+}
+
+/// The tenants with rows in one partition of the usage log, or in the stats log when `partition` is nil.
+func tenantsInLog(partition: Int?, _ db: isolated PostgresConnection) throws -> [TenantID] {
+    let log = partition.map { "tally.usage_log_\($0)" } ?? "tally.event_stats_log"
+    return try db.query("SELECT DISTINCT tenant FROM \(log) ORDER BY tenant").map { try tenantID(in: $0, column: "tenant") }
 }
 
 /// Tenants as one text parameter `$n`, for `tenant = ANY(string_to_array($n, ','))`

@@ -231,28 +231,60 @@ public final class SinkStore: Sendable {
     }
 
     /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`),
-    /// and the event stats log into the event stats; what readers see does not change. One fold
-    /// runs at a time across all processes: a call that finds another folding returns at once,
-    /// leaving the rest to it, unless `waitingForRunningFold`, when it waits for that fold to
-    /// end and then folds what is left.
+    /// and the event stats log into the event stats; what readers see does not change. The
+    /// logs fold in parts, each in a transaction of its own: the stats log, and each of the
+    /// usage log's partitions. One fold of a part runs at a time across all processes: a call
+    /// that finds another folding a part goes on with the others, leaving that part to it,
+    /// unless `waitingForRunningFold`, when it waits for that fold to end and then folds what
+    /// is left.
     ///
     /// A fold writes every tenant partition it folds into, and Postgres locks each in a lock
-    /// table of limited size; when that runs out ("out of shared memory"), the fold goes on
+    /// table of limited size; when that runs out ("out of shared memory"), the part goes on
     /// in transactions of half as many tenants, down to one tenant a transaction.
     @discardableResult
     public func foldLogs(waitingForRunningFold: Bool = false) async throws(SinkError) -> FoldResult {
+        try await Self.foldLogs(on: [self], waitingForRunningFold: waitingForRunningFold)
+    }
+
+    /// `foldLogs` on the connections of all `stores` side by side, each folding its share of the
+    /// parts one at a time, so a fold can use as many of Postgres's cores.
+    public static func foldLogs(on stores: [SinkStore], waitingForRunningFold: Bool = false) async throws(SinkError) -> FoldResult {
+        let parts = [LogPart.stats] + (0..<usageLogPartitions).map { LogPart.usage(partition: $0) }
         do {
-            let moved = try await foldOnce(tenants: nil, waiting: waitingForRunningFold)
+            return try await withThrowingTaskGroup(of: FoldResult.self) { group in
+                for (index, store) in stores.enumerated() {
+                    let share = stride(from: index, to: parts.count, by: stores.count).map { parts[$0] }
+                    group.addTask {
+                        var folded = FoldResult(usageRowsFolded: 0, complete: true)
+                        for part in share { folded.add(try await store.fold(part, waiting: waitingForRunningFold)) }
+                        return folded
+                    }
+                }
+                var folded = FoldResult(usageRowsFolded: 0, complete: true)
+                for try await result in group { folded.add(result) }
+                return folded
+            }
+        } catch let error as SinkError {
+            throw error
+        } catch {
+            throw .database(PostgresError(kind: .invalidData, message: "\(error)"))
+        }
+    }
+
+    /// Folds one part of the logs, in one transaction unless the lock table runs out.
+    private func fold(_ part: LogPart, waiting: Bool) async throws(SinkError) -> FoldResult {
+        do {
+            let moved = try await foldOnce(part, tenants: nil, waiting: waiting)
             return FoldResult(usageRowsFolded: moved ?? 0, complete: moved != nil)
         } catch where error.isOutOfLocks {
-            var pending = try await run { db in try tenantsInLogs(db) }[...]
+            var pending = try await run { db in try tenantsInLog(partition: part.usagePartition, db) }[...]
             guard pending.count > 1 else { throw error }
             var chunkSize = pending.count / 2
             var folded: Int64 = 0
             while !pending.isEmpty {
                 let chunk = Array(pending.prefix(chunkSize))
                 do {
-                    guard let moved = try await foldOnce(tenants: chunk, waiting: waitingForRunningFold) else {
+                    guard let moved = try await foldOnce(part, tenants: chunk, waiting: waiting) else {
                         return FoldResult(usageRowsFolded: folded, complete: false)
                     }
                     folded += moved
@@ -265,16 +297,23 @@ public final class SinkStore: Sendable {
         }
     }
 
-    /// One fold transaction over `tenants` (all when nil); nil when another process is folding,
-    /// unless `waiting` for it.
-    private func foldOnce(tenants: [TenantID]?, waiting: Bool) async throws(SinkError) -> Int64? {
+    /// One fold transaction of `part` over `tenants` (all when nil); the usage log rows moved,
+    /// or nil when another process is folding that part, unless `waiting` for it.
+    private func foldOnce(_ part: LogPart, tenants: [TenantID]?, waiting: Bool) async throws(SinkError) -> Int64? {
         try await run { db in
+            let lock = [PostgresParameter.int32(part.lockKey)]
             if waiting {
-                try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.fold'))")
+                try db.query("SELECT pg_advisory_xact_lock(hashtext('tally.fold'), $1)", lock)
             } else {
-                guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold')) AS locked")[0].bool("locked") == true else { return nil }
+                guard try db.query("SELECT pg_try_advisory_xact_lock(hashtext('tally.fold'), $1) AS locked", lock)[0].bool("locked") == true else {
+                    return nil
+                }
             }
-            return try Sink.foldLogs(tenants: tenants, db)
+            guard let partition = part.usagePartition else {
+                try foldStatsLog(tenants: tenants, db)
+                return 0
+            }
+            return try foldUsageLog(partition: partition, tenants: tenants, db)
         }
     }
 
@@ -399,4 +438,23 @@ public struct FoldResult: Sendable, Equatable {
         self.usageRowsFolded = usageRowsFolded
         self.complete = complete
     }
+
+    mutating func add(_ other: FoldResult) {
+        usageRowsFolded += other.usageRowsFolded
+        complete = complete && other.complete
+    }
+}
+
+/// A part of the logs that folds in a transaction of its own.
+private enum LogPart: Sendable {
+    case stats
+    case usage(partition: Int)
+
+    /// The usage log partition, nil for the stats log.
+    var usagePartition: Int? {
+        if case .usage(let partition) = self { partition } else { nil }
+    }
+
+    /// The second key of the part's advisory lock, beside `hashtext('tally.fold')`.
+    var lockKey: Int32 { Int32(usagePartition ?? -1) }
 }

@@ -56,6 +56,9 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(name: .customLong("fold-interval-ms"), help: "Milliseconds between folds of the usage and stats logs into the keyed tables.")
         var foldIntervalMilliseconds = 1_000
 
+        @Option(help: "Postgres connections a fold uses side by side, each folding its share of the logs' partitions.")
+        var foldConnections = 2
+
         @Option(help: "Most seconds a fold waits while the processor catches up on a backlog.")
         var foldDeferralSeconds = 30
 
@@ -67,9 +70,9 @@ struct ProcessCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard graceDays > 0, dedupeDays >= graceDays else { throw ValidationError("--grace-days must be positive and at most --dedupe-days") }
-            guard maxBatch > 0, commitLanes > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
+            guard maxBatch > 0, commitLanes > 0, foldConnections > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
                 throw ValidationError(
-                    "--max-batch, --commit-lanes, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
+                    "--max-batch, --commit-lanes, --fold-connections, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
             }
         }
 
@@ -84,6 +87,7 @@ struct ProcessCommand: AsyncParsableCommand {
             configuration.commitLanes = commitLanes
             configuration.foldInterval = .milliseconds(foldIntervalMilliseconds)
             configuration.foldDeferralLimit = .seconds(foldDeferralSeconds)
+            configuration.foldConnections = foldConnections
             configuration.maximumUnfoldedRows = maxUnfoldedRows
             configuration.consumerProperties["session.timeout.ms"] = String(sessionTimeout * 1000)
             let lastLine = Mutex(ContinuousClock.now - .seconds(1))

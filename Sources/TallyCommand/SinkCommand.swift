@@ -80,14 +80,14 @@ struct SinkCommand: AsyncParsableCommand {
     struct Fold: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Fold the usage log into the keyed usage tables now (usage processors do so every second).",
-            discussion: "What readers see does not change; a fold already running elsewhere makes this one fold nothing.")
+            discussion: "What readers see does not change; a part of the logs another process is folding is left to it.")
         @OptionGroup var connection: Connection
 
         func run() async throws {
             let store = connection.makeStore()
             let folded = try await store.foldLogs()
             await store.close()
-            emit("folded \(folded.usageRowsFolded) usage log rows" + (folded.complete ? "" : "; another process is folding the rest"))
+            emit("folded \(folded.usageRowsFolded) usage log rows" + (folded.complete ? "" : "; another process is folding the parts left"))
         }
     }
 }

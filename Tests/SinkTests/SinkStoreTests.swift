@@ -220,16 +220,20 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
-    /// One fold at a time across processes: a fold that finds another running says it left
-    /// the log to it, and moves nothing.
-    @Test func aFoldWhileAnotherIsRunningLeavesTheLogToIt() async throws {
+    /// One fold of a log part at a time across processes: a fold that finds another folding a
+    /// part folds the others, leaves that part to it and says so.
+    @Test func aFoldWhileAnotherIsRunningLeavesThatPartToIt() async throws {
         try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
-            try await db.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('tally.fold'));")
-            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 0, complete: false))
-            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 2)
+            let acmePart = try await logPartition(of: "acme", db)
+            try #require(acmePart != (try await logPartition(of: "globex", db)), "the test needs the two tenants in different log partitions")
+            try await db.execute("BEGIN")
+            try await db.query("SELECT pg_advisory_xact_lock(hashtext('tally.fold'), $1)", [.int32(acmePart)])
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 1, complete: false))
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log WHERE tenant = 'acme'", db) == 1)
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 1)
             try await db.execute("COMMIT")
-            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 2, complete: true))
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 1, complete: true))
             #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
         }
     }
@@ -241,19 +245,50 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("acme"), try usage("globex")]))
             let rival = try await PostgresConnection.connect(server.connectionString)
             let rivalPID = try await rival.query("SELECT pg_backend_pid() AS pid")[0].int64("pid")!
-            try await rival.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('tally.fold'));")
+            try await rival.execute("BEGIN")
+            try await rival.query("SELECT pg_advisory_xact_lock(hashtext('tally.fold'), $1)", [.int32(try await logPartition(of: "acme", db))])
             let folding = Task { try await sink.foldLogs(waitingForRunningFold: true) }
             let deadline = ContinuousClock.now + .seconds(30)
             while try await db.query("SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", [.int32(Int32(rivalPID))])[0].int64("n") == 0 {
                 try #require(ContinuousClock.now < deadline, "the fold never waited for the running one")
                 try await Task.sleep(for: .milliseconds(10))
             }
-            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 2)
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log WHERE tenant = 'acme'", db) == 1)
             try await rival.execute("COMMIT")
             #expect(try await folding.value == FoldResult(usageRowsFolded: 2, complete: true))
             #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
             await rival.close()
         }
+    }
+
+    /// A fold on several connections folds every part of the logs once, with what a fold on
+    /// one connection gives.
+    @Test func aFoldOnTwoConnectionsFoldsEveryPartOnce() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            let tenants = (0..<40).map { "t\($0)" }
+            for (index, tenant) in tenants.enumerated() {
+                try await sink.commit(
+                    SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage(tenant, value: Decimal(index)), try usage(tenant, subject: "customer_2")]))
+            }
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("t0", value: 7)]))
+            #expect(try await count("SELECT count(DISTINCT tableoid) AS n FROM tally.usage_log", db) > 16)
+            let other = sink.withOwnConnection()
+            #expect(try await SinkStore.foldLogs(on: [sink, other]) == FoldResult(usageRowsFolded: 81, complete: true))
+            await other.close()
+            #expect(try await count("SELECT count(*) AS n FROM tally.usage_log", db) == 0)
+            let folded = try await db.query("SELECT tenant, subject, value::text AS v, event_count FROM tally.usage ORDER BY tenant, subject")
+            let expected = tenants.sorted().flatMap { tenant in
+                let index = Int(tenant.dropFirst())!
+                return ["\(tenant) customer_1 \(index == 0 ? 7 : index) \(index == 0 ? 10 : 5)", "\(tenant) customer_2 5 5"]
+            }
+            #expect(try folded.map { "\(try $0.string("tenant")!) \(try $0.string("subject")!) \(try $0.string("v")!) \(try $0.int64("event_count")!)" } == expected)
+        }
+    }
+
+    /// The number of the usage log partition holding `tenant`'s rows.
+    private func logPartition(of tenant: String, _ db: PostgresConnection) async throws -> Int32 {
+        let name = try await db.query("SELECT DISTINCT tableoid::regclass::text AS part FROM tally.usage_log WHERE tenant = $1", [.text(tenant)])[0].string("part")!
+        return Int32(name.split(separator: "_").last!)!
     }
 
     /// Control migration 10 hash-partitions the usage log by tenant: deltas committed before it

@@ -26,6 +26,9 @@ public struct UsageProcessorConfiguration: Sendable {
     /// How often the processor folds the Sink's usage and stats logs into the keyed tables (on
     /// a connection of its own); readers see the same values either way.
     public var foldInterval: Duration = .seconds(1)
+    /// Sink connections a fold uses side by side, each folding its share of the logs' parts,
+    /// so a fold can use that many of Postgres's cores.
+    public var foldConnections = 2
     /// While the processor is catching up (its polls return full batches), folds wait, so
     /// the commits have the machine to themselves, but never longer than this since the last
     /// fold, so folding goes on under sustained load.
@@ -92,12 +95,12 @@ public final class UsageProcessor: Sendable {
         let producerConfiguration = KafkaProducerConfiguration(
             bootstrapServers: configuration.bootstrapServers, enqueueTimeout: .seconds(30), topics: [configuration.deadLetterTopic])
         let deadLetters = try KafkaProducer(configuration: producerConfiguration, logger: logger)
-        let folding = sink.withOwnConnection()
+        let folding = (0..<max(1, configuration.foldConnections)).map { _ in sink.withOwnConnection() }
         let lanes = [sink] + (1..<max(1, configuration.commitLanes)).map { _ in sink.withOwnConnection() }
         func closeAll() async {
             await consumer.close()
             await deadLetters.close()
-            await folding.close()
+            for store in folding { await store.close() }
             for lane in lanes.dropFirst() { await lane.close() }
         }
         do {
@@ -116,7 +119,7 @@ public final class UsageProcessor: Sendable {
     /// Folds the Sink's logs every `foldInterval`, deferred while catching up (up to
     /// `foldDeferralLimit`, and never past `maximumUnfoldedRows`), until the task is cancelled;
     /// announces every complete fold.
-    private func foldContinuously(_ store: SinkStore, announcing announceFold: AsyncStream<Void>.Continuation) async {
+    private func foldContinuously(_ stores: [SinkStore], announcing announceFold: AsyncStream<Void>.Continuation) async {
         defer { announceFold.finish() }
         var lastFold = ContinuousClock.now
         while !Task.isCancelled {
@@ -128,7 +131,7 @@ public final class UsageProcessor: Sendable {
                 lastFold = .now
                 do {
                     // Everything counted had committed before the fold began, so it folded.
-                    if try await store.foldLogs(waitingForRunningFold: overBound).complete {
+                    if try await SinkStore.foldLogs(on: stores, waitingForRunningFold: overBound).complete {
                         unfoldedRows.subtract(counted, ordering: .relaxed)
                         announceFold.yield()
                     }
