@@ -45,7 +45,7 @@ let package = Package(
         .target(
             name: "Postgres",
             dependencies: [
-                "CLibPQ", "CivilTime", "DedicatedThreads",
+                "CLibPQ", "DedicatedThreads",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 

@@ -1,121 +1,115 @@
-import CivilTime
 import Foundation
 
-/// Writes the rows of a text-format `COPY … FROM STDIN` field by field, straight into the
-/// bytes sent to the server: no array or string per row, numbers formatted without
-/// intermediate strings. Used through `PostgresConnection.copy(into:columns:rows:write:)`.
+/// Writes the rows of a binary-format `COPY … FROM STDIN` field by field, straight into the
+/// bytes sent to the server: no array or string per row, and nothing for the server to parse
+/// (numbers and times travel as their binary values). Each field must be written with the
+/// `append` of its column's type (the server refuses a field of another width). Used through
+/// `PostgresConnection.copy(into:columns:rows:write:)`.
 public struct CopyRowWriter: ~Copyable {
-    /// The COPY text written so far and not sent yet: `count` bytes at `storage`.
+    /// The COPY data written so far and not sent yet: `count` bytes at `storage`.
     private var storage: UnsafeMutablePointer<UInt8>
     private var capacity: Int
     private(set) var count = 0
     /// Fields written into the current row.
     private(set) var fieldsInRow = 0
+    /// Where the current row's field count goes, written when the row ends.
+    private var rowStart = 0
 
+    /// Starts with the binary COPY header: its signature, no flags, no header extension.
     init(capacity: Int) {
         storage = .allocate(capacity: capacity)
         self.capacity = capacity
+        Self.signature.withUnsafeBytes { put($0) }
+        put(UInt32(0))
+        put(UInt32(0))
     }
 
     deinit { storage.deallocate() }
 
-    /// Appends a text field, escaped for COPY; `nil` is SQL NULL.
+    /// Appends a `text` field; `nil` is SQL NULL.
     public mutating func append(_ text: String?) {
-        startField()
-        guard var text else {
-            put(UInt8(ascii: "\\"))
-            put(UInt8(ascii: "N"))
-            return
-        }
+        guard var text else { return appendNull() }
         text.withUTF8 { utf8 in
-            guard utf8.contains(where: { $0 == UInt8(ascii: "\\") || $0 < 0x20 }) else {
-                put(UnsafeRawBufferPointer(utf8))
-                return
-            }
-            for byte in utf8 {
-                switch byte {
-                case UInt8(ascii: "\\"): put(UInt8(ascii: "\\"), UInt8(ascii: "\\"))
-                case UInt8(ascii: "\n"): put(UInt8(ascii: "\\"), UInt8(ascii: "n"))
-                case UInt8(ascii: "\r"): put(UInt8(ascii: "\\"), UInt8(ascii: "r"))
-                case UInt8(ascii: "\t"): put(UInt8(ascii: "\\"), UInt8(ascii: "t"))
-                default: put(byte)
-                }
-            }
+            startField(length: utf8.count)
+            put(UnsafeRawBufferPointer(utf8))
         }
     }
 
-    /// Appends an integer field.
+    /// Appends a `bigint` field.
     public mutating func append(_ value: Int64) {
-        startField()
-        if value < 0 { put(UInt8(ascii: "-")) }
-        putDigits(of: value.magnitude)
+        startField(length: 8)
+        put(UInt64(bitPattern: value))
     }
 
-    /// Appends a numeric field exactly, as `mantissa` or `mantissa e exponent` (Postgres reads
-    /// both) rather than through `Decimal.description`, which costs over a microsecond.
+    /// Appends an `integer` field; `nil` is SQL NULL.
+    public mutating func append(_ value: Int32?) {
+        guard let value else { return appendNull() }
+        startField(length: 4)
+        put(UInt32(bitPattern: value))
+    }
+
+    /// Appends a `numeric` field exactly: the value's decimal digits regrouped in base 10 000,
+    /// Postgres's own form, with as many digits after the point as the value has.
     public mutating func append(_ value: Decimal) {
-        startField()
-        if value.isZero {
-            put(UInt8(ascii: "0"))
-            return
-        }
+        guard value.isFinite else { return putNumeric(groups: [], weight: 0, sign: Self.numericNaN, scale: 0) }
         let significand = value.significand
-        guard value.isFinite, significand < Self.exactMantissaLimit else {
-            var text = value.description
-            text.withUTF8 { put(UnsafeRawBufferPointer($0)) }
-            return
-        }
+        guard significand < Self.exactMantissaLimit else { return appendDigits(ofText: value) }
         var mantissa = NSDecimalNumber(decimal: significand).uint64Value
         var exponent = value.exponent
-        while exponent < 0, mantissa % 10 == 0 {
+        while exponent < 0, mantissa != 0, mantissa % 10 == 0 {
             mantissa /= 10
             exponent += 1
         }
-        if value.sign == .minus { put(UInt8(ascii: "-")) }
-        putDigits(of: mantissa)
-        guard exponent != 0 else { return }
-        put(UInt8(ascii: "e"))
-        if exponent < 0 { put(UInt8(ascii: "-")) }
-        putDigits(of: UInt64(exponent.magnitude))
+        let scale = max(0, -exponent)
+        guard mantissa != 0 else { return putNumeric(groups: [], weight: 0, sign: Self.numericPositive, scale: scale) }
+        // mantissa × 10^exponent is (mantissa × 10^(exponent mod 4)) × 10 000^groupExponent; the first factor has at most 22 digits.
+        let groupExponent = exponent.floorDivided(by: 4)
+        var rest = UInt128(mantissa) * UInt128(Self.powersOfTen[exponent - 4 * groupExponent])
+        let sign = value.sign == .minus ? Self.numericNegative : Self.numericPositive
+        withUnsafeTemporaryAllocation(of: UInt16.self, capacity: 6) { groups in
+            // Least significant first; zero groups at that end are left out.
+            var count = 0
+            while rest > 0 {
+                groups[count] = UInt16(rest % 10_000)
+                rest /= 10_000
+                count += 1
+            }
+            let lowest = groups.prefix(count).firstIndex { $0 != 0 }!
+            startField(length: 8 + 2 * (count - lowest))
+            put(UInt16(count - lowest))
+            put(UInt16(bitPattern: Int16(groupExponent + count - 1)))
+            put(sign)
+            put(UInt16(scale))
+            for index in (lowest..<count).reversed() { put(groups[index]) }
+        }
     }
 
-    /// Mantissas below this convert to UInt64 exactly.
-    private static let exactMantissaLimit = Decimal(UInt64(1) << 62)
+    /// A `numeric` beyond 62 bits of mantissa, from the digits of its text form: "123.45" is
+    /// 12345 × 10⁻².
+    private mutating func appendDigits(ofText value: Decimal) {
+        let text = value.magnitude.description
+        let point = text.firstIndex(of: ".")
+        let digits = text.utf8.compactMap { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") ? $0 - UInt8(ascii: "0") : nil }
+        let exponent = -(point.map { text.distance(from: $0, to: text.endIndex) - 1 } ?? 0)
+        putNumeric(digits: digits, exponent: exponent, negative: value.sign == .minus && !value.isZero)
+    }
 
-    /// Appends a `timestamptz` field, `microseconds` since 1970-01-01 UTC, as
-    /// `YYYY-MM-DD HH:MM:SS.ffffff+00` (with ` BC` before year 1), by `CivilDate` rather than
-    /// `Calendar`, which costs microseconds a value.
+    /// Appends a `timestamptz` field, `microseconds` since 1970-01-01 UTC (Postgres counts
+    /// them from 2000-01-01).
     public mutating func append(timestampMicroseconds microseconds: Int64) {
-        startField()
-        let (days, microsecondOfDay) = microseconds.floorDivided(by: 86_400_000_000)
-        let (year, month, day) = CivilDate.civil(fromDays: days)
-        // Year 0 is 1 BC, -1 is 2 BC.
-        putDigits(of: UInt64(year > 0 ? year : 1 - year), width: 4)
-        put(UInt8(ascii: "-"))
-        putDigits(of: UInt64(month), width: 2)
-        put(UInt8(ascii: "-"))
-        putDigits(of: UInt64(day), width: 2)
-        put(UInt8(ascii: " "))
-        let secondOfDay = microsecondOfDay / 1_000_000
-        putDigits(of: UInt64(secondOfDay / 3_600), width: 2)
-        put(UInt8(ascii: ":"))
-        putDigits(of: UInt64(secondOfDay / 60 % 60), width: 2)
-        put(UInt8(ascii: ":"))
-        putDigits(of: UInt64(secondOfDay % 60), width: 2)
-        put(UInt8(ascii: "."))
-        putDigits(of: UInt64(microsecondOfDay % 1_000_000), width: 6)
-        put(UInt8(ascii: "+"), UInt8(ascii: "0"))
-        put(UInt8(ascii: "0"))
-        if year <= 0 {
-            put(UInt8(ascii: " "), UInt8(ascii: "B"))
-            put(UInt8(ascii: "C"))
-        }
+        append(microseconds - Self.microsecondsFrom1970To2000)
     }
 
     /// Ends the current row.
     mutating func endRow() {
-        put(UInt8(ascii: "\n"))
+        let fields = UInt16(fieldsInRow).bigEndian
+        withUnsafeBytes(of: fields) { UnsafeMutableRawPointer(storage + rowStart).copyMemory(from: $0.baseAddress!, byteCount: 2) }
         fieldsInRow = 0
+    }
+
+    /// Writes the trailer that ends the data.
+    mutating func finish() {
+        put(UInt16(bitPattern: -1))
     }
 
     /// Hands the bytes written so far to `send`, then forgets them.
@@ -125,58 +119,72 @@ public struct CopyRowWriter: ~Copyable {
         count = 0
     }
 
-    private mutating func startField() {
-        if fieldsInRow > 0 { put(UInt8(ascii: "\t")) }
+    /// "PGCOPY\n\377\r\n\0".
+    private static let signature: [UInt8] = [0x50, 0x47, 0x43, 0x4F, 0x50, 0x59, 0x0A, 0xFF, 0x0D, 0x0A, 0x00]
+    private static let microsecondsFrom1970To2000: Int64 = 946_684_800_000_000
+    /// Mantissas below this convert to UInt64 exactly.
+    private static let exactMantissaLimit = Decimal(UInt64(1) << 62)
+    private static let numericPositive: UInt16 = 0x0000, numericNegative: UInt16 = 0x4000, numericNaN: UInt16 = 0xC000
+
+    private mutating func appendNull() {
+        startField(length: nil)
+    }
+
+    /// Starts a field of `length` bytes (nil: NULL), and the row with it when it is the first.
+    private mutating func startField(length: Int?) {
+        if fieldsInRow == 0 {
+            rowStart = count
+            put(UInt16(0))
+        }
         fieldsInRow += 1
+        put(UInt32(bitPattern: Int32(length ?? -1)))
     }
 
-    /// Writes `value` in decimal, zero-padded to at least `width` digits, two digits a division.
-    private mutating func putDigits(of value: UInt64, width: Int = 1) {
-        reserve(20)
-        var significant = 1
-        var power: UInt64 = 10
-        while significant < 20, value >= power {
-            significant += 1
-            power = power &* 10
+    /// `digits` (most significant first, each 0–9) × 10^`exponent` as a `numeric`.
+    private mutating func putNumeric(digits: [UInt8], exponent: Int, negative: Bool) {
+        let scale = max(0, -exponent)
+        guard !digits.isEmpty else { return putNumeric(groups: [], weight: 0, sign: Self.numericPositive, scale: scale) }
+        // Digit i stands for 10^power; groups of four such powers make one base-10 000 digit.
+        let highest = exponent + digits.count - 1
+        let highestGroup = highest.floorDivided(by: 4), lowestGroup = exponent.floorDivided(by: 4)
+        var groups = [UInt16](repeating: 0, count: highestGroup - lowestGroup + 1)
+        for (index, digit) in digits.enumerated() {
+            let power = highest - index
+            let group = power.floorDivided(by: 4)
+            groups[highestGroup - group] += UInt16(digit) * Self.powersOfTen[power - 4 * group]
         }
-        let digits = max(width, significant)
-        var index = count + digits
-        var rest = value
-        while rest >= 100 {
-            let pair = Int(rest % 100) * 2
-            rest /= 100
-            index -= 2
-            storage[index] = Self.digitPairs.utf8Start[pair]
-            storage[index + 1] = Self.digitPairs.utf8Start[pair + 1]
-        }
-        if rest >= 10 {
-            index -= 2
-            storage[index] = Self.digitPairs.utf8Start[Int(rest) * 2]
-            storage[index + 1] = Self.digitPairs.utf8Start[Int(rest) * 2 + 1]
-        } else {
-            index -= 1
-            storage[index] = UInt8(ascii: "0") + UInt8(rest)
-        }
-        (storage + count).update(repeating: UInt8(ascii: "0"), count: index - count)
-        count += digits
+        let leadingZeros = groups.prefix { $0 == 0 }.count
+        let kept = groups.dropFirst(leadingZeros).reversed().drop { $0 == 0 }.reversed()
+        putNumeric(groups: Array(kept), weight: highestGroup - leadingZeros, sign: negative ? Self.numericNegative : Self.numericPositive, scale: scale)
     }
 
-    /// "00" to "99" in a row.
-    private static let digitPairs: StaticString = """
-        00010203040506070809101112131415161718192021222324252627282930313233343536373839\
-        40414243444546474849505152535455565758596061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899
-        """
+    private static let powersOfTen: [UInt16] = [1, 10, 100, 1000]
+
+    private mutating func putNumeric(groups: [UInt16], weight: Int, sign: UInt16, scale: Int) {
+        startField(length: 8 + 2 * groups.count)
+        put(UInt16(groups.count))
+        put(UInt16(bitPattern: Int16(weight)))
+        put(sign)
+        put(UInt16(scale))
+        for group in groups { put(group) }
+    }
+
+    private mutating func put(_ value: UInt16) {
+        withUnsafeBytes(of: value.bigEndian) { put($0) }
+    }
+
+    private mutating func put(_ value: UInt32) {
+        withUnsafeBytes(of: value.bigEndian) { put($0) }
+    }
+
+    private mutating func put(_ value: UInt64) {
+        withUnsafeBytes(of: value.bigEndian) { put($0) }
+    }
 
     private mutating func put(_ byte: UInt8) {
         reserve(1)
         storage[count] = byte
         count += 1
-    }
-
-    private mutating func put(_ first: UInt8, _ second: UInt8) {
-        put(first)
-        put(second)
     }
 
     private mutating func put(_ bytes: UnsafeRawBufferPointer) {
@@ -196,11 +204,10 @@ public struct CopyRowWriter: ~Copyable {
     }
 }
 
-extension Int64 {
-    /// The quotient rounded toward negative infinity and the remainder that goes with it
-    /// (never negative for a positive divisor).
-    fileprivate func floorDivided(by divisor: Int64) -> (quotient: Int64, remainder: Int64) {
+extension Int {
+    /// The quotient rounded toward negative infinity.
+    fileprivate func floorDivided(by divisor: Int) -> Int {
         let (quotient, remainder) = quotientAndRemainder(dividingBy: divisor)
-        return remainder < 0 ? (quotient - 1, remainder + divisor) : (quotient, remainder)
+        return remainder < 0 ? quotient - 1 : quotient
     }
 }

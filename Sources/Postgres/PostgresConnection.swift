@@ -96,26 +96,18 @@ public actor PostgresConnection {
         return value
     }
 
-    /// Streams rows into `COPY table (columns) FROM STDIN` in text format and returns the
-    /// number of rows the server stored. `table` is SQL text written by the program (a name,
+    /// Streams rows into `COPY table (columns) FROM STDIN` in binary format as `write` writes
+    /// them, one field per column with the `CopyRowWriter.append` of its type, and returns the
+    /// number of rows the server stored. Data goes out in 64 KiB pieces, so the server stores
+    /// while the next rows are written. `table` is SQL text written by the program (a name,
     /// schema-qualified and quoted as needed), never outside input; column names are quoted here.
-    @discardableResult
-    public func copy(into table: String, columns: [String], rows: some Sequence<[String?]>) throws(PostgresError) -> Int {
-        try copy(into: table, columns: columns, rows: rows) { row, writer in
-            for value in row { writer.append(value) }
-        }
-    }
-
-    /// Streams rows into `COPY table (columns) FROM STDIN` as `write` formats them, one field
-    /// per column, and returns the number of rows the server stored. Data goes out in 64 KiB
-    /// pieces, so the server parses while the next rows are formatted.
     @discardableResult
     public func copy<Rows: Sequence>(
         into table: String, columns: [String], rows: Rows, write: (Rows.Element, inout CopyRowWriter) -> Void
     ) throws(PostgresError) -> Int {
         try checkOpen()
         let columnList = columns.map(quoteIdentifier).joined(separator: ", ")
-        let statement = "COPY \(table) (\(columnList)) FROM STDIN"
+        let statement = "COPY \(table) (\(columnList)) FROM STDIN (FORMAT binary)"
         let start = PQexec(connection.pointer, statement)
         guard PQresultStatus(start) == PGRES_COPY_IN else {
             try consume(start, statement: statement)
@@ -135,6 +127,7 @@ public actor PostgresConnection {
             writer.endRow()
             if writer.count >= piece { try writer.drain(sendCopyData) }
         }
+        writer.finish()
         try writer.drain(sendCopyData)
         guard PQputCopyEnd(connection.pointer, nil) == 1 else { throw connectionError() }
         var stored = 0
@@ -283,7 +276,6 @@ public func quoteIdentifier(_ identifier: String) -> String {
     "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
 }
 
-/// Appends one row in COPY text format: tab-separated, `\N` for NULL, escapes for specials.
 private func errorMessage(_ connection: OpaquePointer) -> String {
     String(cString: PQerrorMessage(connection)).trimmingTrailingNewlines
 }

@@ -127,7 +127,7 @@ private func countNewDistinctValues(
 private func appendPartitionFields(of partition: GroupPartition?, to fields: inout CopyRowWriter) {
     fields.append(partition?.group)
     fields.append(partition?.partition.topic)
-    fields.append(partition.map { String($0.partition.partition) })
+    fields.append(partition?.partition.partition)
 }
 
 private let usageColumns = "tenant, meter, subject, window_size, window_start, group_key, aggregation, value, total, event_count, first_event_at, last_event_at"
@@ -310,7 +310,7 @@ private func appendStatsToLog(_ stats: [StatsKey: EventStats], _ db: isolated Po
     try db.copy(into: "tally.event_stats_log", columns: ["tenant", "epoch_day", "counted", "deduplicated", "late", "rejected"], rows: stats) {
         entry, fields in
         fields.append(entry.key.tenant.rawValue)
-        fields.append(Int64(entry.key.day))
+        fields.append(entry.key.day)
         fields.append(entry.value.counted)
         fields.append(entry.value.deduplicated)
         fields.append(entry.value.late)
@@ -331,7 +331,7 @@ private func recordRejections(_ rejections: [RejectedInput], _ db: isolated Post
         fields.append(rejection.eventID)
         fields.append(timestampMicroseconds: microseconds(rejection.time))
         fields.append(rejection.partition.topic)
-        fields.append(Int64(rejection.partition.partition))
+        fields.append(rejection.partition.partition)
         fields.append(rejection.offset)
         fields.append(rejection.reason)
     }

@@ -68,10 +68,11 @@ import TestSupport
             let connection = try await PostgresConnection.connect(server.connectionString)
             try await connection.execute("CREATE TABLE usage (id bigint PRIMARY KEY, tenant text, note text)")
             let awkward = ["tab\there", "line\nbreak", "back\\slash", "cr\rreturn", "ünïcødé 😀", "\\N", ""]
-            let rows: [[String?]] = (0..<100_000).map { index in
-                [String(index), "tenant_\(index % 1_000)", index % 10 == 0 ? nil : awkward[index % awkward.count]]
+            let stored = try await connection.copy(into: "usage", columns: ["id", "tenant", "note"], rows: 0..<100_000) { index, fields in
+                fields.append(Int64(index))
+                fields.append("tenant_\(index % 1_000)")
+                fields.append(index % 10 == 0 ? nil : awkward[index % awkward.count])
             }
-            let stored = try await connection.copy(into: "usage", columns: ["id", "tenant", "note"], rows: rows)
             #expect(stored == 100_000)
             let summary = try await connection.query(
                 "SELECT count(*) AS n, sum(id) AS s, count(DISTINCT tenant) AS t, count(note) AS notes FROM usage")[0]
@@ -89,7 +90,8 @@ import TestSupport
 
     @Test func copyWritesIntegersAndDecimalsExactly() async throws {
         var random = SeededRandom(state: 7)
-        var decimals: [Decimal] = ["0", "-0.5", "12.340", "1e-30", "-99999999999999999999", "123456789012345678901234567890.5"].map { Decimal(string: $0)! }
+        var decimals: [Decimal] = ["0", "-0.5", "12.340", "1e-30", "-99999999999999999999", "123456789012345678901234567890.5",
+            "0.000000000000000000001234567890123456789012", "-0.000012345678901234567890123"].map { Decimal(string: $0)! }
         for _ in 0..<20_000 {
             let mantissa = Decimal(UInt64.random(in: 0...999_999_999_999_999, using: &random))
             let scaled = mantissa * pow(Decimal(10), Int.random(in: 0...8, using: &random)) / pow(Decimal(10), Int.random(in: 0...12, using: &random))
@@ -175,7 +177,9 @@ import TestSupport
             let connection = try await PostgresConnection.connect(server.connectionString)
             try await connection.execute("CREATE TABLE narrow (a text, b text)")
             await #expect(throws: PostgresError.self) {
-                try await connection.copy(into: "narrow", columns: ["a", "b"], rows: [["1", "2"], ["only one"]])
+                try await connection.copy(into: "narrow", columns: ["a", "b"], rows: [["1", "2"], ["only one"]]) { row, fields in
+                    for value in row { fields.append(value) }
+                }
             }
             #expect(try await connection.query("SELECT count(*) AS n FROM narrow")[0].int64("n") == 0)
             #expect(try await connection.query("SELECT 1 AS one")[0].int64("one") == 1)
