@@ -24,7 +24,7 @@ public struct UsageProcessorConfiguration: Sendable {
     /// this count is its index, so a partition's batches still commit one at a time, in order.
     public var commitLanes = 2
     /// How often the processor folds the Sink's usage and stats logs into the keyed tables (on
-    /// a connection of its own); readers see the same values either way.
+    /// connections of its own, `foldConnections`); readers see the same values either way.
     public var foldInterval: Duration = .seconds(1)
     /// Sink connections a fold uses side by side, each folding its share of the logs' parts,
     /// so a fold can use that many of Postgres's cores.
