@@ -247,8 +247,10 @@ public final class SinkStore: Sendable {
     }
 
     /// `foldLogs` on the connections of all `stores` side by side, each folding its share of the
-    /// parts one at a time, so a fold can use as many of Postgres's cores.
+    /// parts one at a time, so a fold can use as many of Postgres's cores. `stores` must not be
+    /// empty: nothing would fold.
     public static func foldLogs(on stores: [SinkStore], waitingForRunningFold: Bool = false) async throws(SinkError) -> FoldResult {
+        precondition(!stores.isEmpty, "a fold needs at least one store")
         let parts = [LogPart.stats] + (0..<usageLogPartitions).map { LogPart.usage(partition: $0) }
         do {
             return try await withThrowingTaskGroup(of: FoldResult.self) { group in

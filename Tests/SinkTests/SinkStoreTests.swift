@@ -261,8 +261,8 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
         }
     }
 
-    /// A fold on several connections folds every part of the logs once, with what a fold on
-    /// one connection gives.
+    /// A fold on several connections folds every part of the logs once: each window ends up
+    /// with its deltas merged, none left in the log.
     @Test func aFoldOnTwoConnectionsFoldsEveryPartOnce() async throws {
         try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
             let tenants = (0..<40).map { "t\($0)" }
