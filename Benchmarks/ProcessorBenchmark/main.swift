@@ -35,6 +35,12 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "The processor's --max-batch.")
     var maxBatch = 5_000
 
+    @Option(help: "The processor's --merge-records.")
+    var mergeRecords = 100_000
+
+    @Option(help: "The processor's --merge-windows.")
+    var mergeWindows = 250_000
+
     @Option(help: "The processor's --commit-lanes.")
     var commitLanes = 2
 
@@ -271,7 +277,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
             .path(FilePath(tally)),
             arguments: [
                 "process", "usage", "--bootstrap", cluster.bootstrapServers, "--postgres", server.connectionString, "--tenants",
-                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--fold-deferral-seconds", String(foldDeferralSeconds), "--fold-connections", String(foldConnections), "--max-unfolded-rows", String(maxUnfoldedRows),
+                directory + "/tenants.yaml", "--meters", directory + "/meters.yaml", "--max-batch", String(maxBatch), "--merge-records", String(mergeRecords), "--merge-windows", String(mergeWindows), "--commit-lanes", String(commitLanes), "--fold-interval-ms", String(foldIntervalMs), "--fold-deferral-seconds", String(foldDeferralSeconds), "--fold-connections", String(foldConnections), "--max-unfolded-rows", String(maxUnfoldedRows),
                 "--log-level", "warning",
             ],
             input: .none, output: .discarded, error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)

@@ -2,40 +2,91 @@ import Foundation
 import Postgres
 import Tenancy
 
-/// The dedupe states one commit works on. A tenant whose events all come from one partition
-/// the batch holds a position of is owned: its state is its partition's, checked out of
-/// `DedupeStates` when held for the batch's epoch and loaded otherwise. Any other tenant's
-/// state is read for this commit alone, under a lock all such commits take, and the cached
-/// partition states holding it are dropped (its new rows carry no partition).
+/// The dedupe states one commit, or one merge into a `MergedBatch`, works on. A tenant whose
+/// events all come from one partition the batch holds a position of is owned: its state is
+/// its partition's, checked out of `DedupeStates` when held for the batch's epoch and loaded
+/// otherwise. Any other tenant (ownerless) can only be committed on its own: its state is read
+/// for this commit alone, under a lock all such commits take, and the cached partition states
+/// holding it are dropped (its new rows carry no partition).
 struct BatchDedupe {
     private var partitions: [GroupPartition: PartitionDedupeState]
-    private var partitionOfTenant: [TenantID: GroupPartition] = [:]
+    private var partitionOfTenant: [TenantID: GroupPartition]
+    private var ownerlessTenants: Set<TenantID>
     private var ownerless: [TenantID: TenantDedupeState] = [:]
+    /// Owned partitions whose state was not held for the batch's epoch.
+    private var missing: [GroupPartition: Int64]
 
-    /// Called inside the commit's transaction, after the batch's epochs were checked: no one
+    /// For a commit, inside its transaction, after the batch's epochs were checked: no one
     /// else commits an owned tenant meanwhile.
     init(for batch: SinkBatch, from dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
+        let (epochs, owners, ownerlessTenants) = Self.owners(of: batch, alongside: [:])
+        dedupeStates.drop(partitionsHolding: ownerlessTenants)
+        self.init(epochs: epochs, owners: owners, ownerlessTenants: ownerlessTenants, from: dedupeStates)
+        try load(db)
+    }
+
+    /// For a merge of `batch` into a merged batch whose tenants are owned by `mergedOwners`;
+    /// nil, with nothing checked out, when a tenant of `batch` would be ownerless (in the merged
+    /// batch as a whole). The caller loads what `needsLoading` before deciding anything.
+    init?(merging batch: SinkBatch, alongside mergedOwners: [TenantID: GroupPartition], from dedupeStates: DedupeStates) {
+        let (epochs, owners, ownerlessTenants) = Self.owners(of: batch, alongside: mergedOwners)
+        guard ownerlessTenants.isEmpty else { return nil }
+        self.init(epochs: epochs, owners: owners, ownerlessTenants: [], from: dedupeStates)
+    }
+
+    private init(
+        epochs: [GroupPartition: Int64], owners: [TenantID: GroupPartition], ownerlessTenants: Set<TenantID>, from dedupeStates: DedupeStates
+    ) {
+        partitionOfTenant = owners
+        self.ownerlessTenants = ownerlessTenants
+        let checkedOut = dedupeStates.checkOut(epochs)
+        partitions = checkedOut
+        missing = epochs.filter { checkedOut[$0.key] == nil }
+    }
+
+    /// The epoch of each owned partition, the owner of each owned tenant, and the ownerless
+    /// tenants of `batch`; a tenant owned by another partition in `mergedOwners` is ownerless.
+    private static func owners(
+        of batch: SinkBatch, alongside mergedOwners: [TenantID: GroupPartition]
+    ) -> (epochs: [GroupPartition: Int64], owners: [TenantID: GroupPartition], ownerless: Set<TenantID>) {
         var epochs: [GroupPartition: Int64] = [:]
-        var ownerlessTenants: Set<TenantID> = []
+        var owners: [TenantID: GroupPartition] = [:]
+        var ownerless: Set<TenantID> = []
         for event in batch.events {
             guard let partition = event.partition, let position = batch.positions[partition] else {
-                ownerlessTenants.insert(event.tenant)
+                ownerless.insert(event.tenant)
                 continue
             }
             let key = GroupPartition(group: batch.consumerGroup, partition: partition)
             epochs[key] = position.epoch
-            if let earlier = partitionOfTenant.updateValue(key, forKey: event.tenant), earlier != key { ownerlessTenants.insert(event.tenant) }
-            for row in event.usage where row.tenant != event.tenant { ownerlessTenants.insert(row.tenant) }
+            if let earlier = owners.updateValue(key, forKey: event.tenant), earlier != key { ownerless.insert(event.tenant) }
+            if let merged = mergedOwners[event.tenant], merged != key { ownerless.insert(event.tenant) }
+            for row in event.usage where row.tenant != event.tenant { ownerless.insert(row.tenant) }
         }
-        for row in batch.usage where row.aggregation == .uniqueCount { ownerlessTenants.insert(row.tenant) }
-        for tenant in ownerlessTenants { partitionOfTenant[tenant] = nil }
-        dedupeStates.drop(partitionsHolding: ownerlessTenants)
-        partitions = dedupeStates.checkOut(epochs)
-        let missing = epochs.filter { partitions[$0.key] == nil }
-        if !missing.isEmpty { partitions.merge(try loadPartitionStates(missing, db)) { _, loaded in loaded } }
-        // Tenants new to their partition's state have no rows for it, but may have rows
-        // without a partition.
-        let unseen = partitionOfTenant.filter { partitions[$0.value]?.tenants[$0.key] == nil }
+        for row in batch.usage where row.aggregation == .uniqueCount { ownerless.insert(row.tenant) }
+        for tenant in ownerless { owners[tenant] = nil }
+        return (epochs, owners, ownerless)
+    }
+
+    /// The owner of each owned tenant.
+    var owners: [TenantID: GroupPartition] { partitionOfTenant }
+
+    /// Whether a merge's deciding needs rows from Postgres first (`load`).
+    var needsLoading: Bool { !missing.isEmpty || !unseenTenants.isEmpty }
+
+    /// Owned tenants new to their partition's state: they have no rows for it, but may have
+    /// rows without a partition.
+    private var unseenTenants: [TenantID: GroupPartition] { partitionOfTenant.filter { partitions[$0.value]?.tenants[$0.key] == nil } }
+
+    /// Reads what deciding needs: the missing partitions' states, the rows without a partition
+    /// of owned tenants new to their state, and, under the ownerless lock (held to the end of
+    /// the transaction), the ownerless tenants' rows.
+    mutating func load(_ db: isolated PostgresConnection) throws {
+        if !missing.isEmpty {
+            partitions.merge(try loadPartitionStates(missing, db)) { _, loaded in loaded }
+            missing = [:]
+        }
+        let unseen = unseenTenants
         if !unseen.isEmpty {
             let withoutPartition = try loadRowsWithoutPartition(of: unseen.keys, db)
             for (tenant, key) in unseen { partitions[key]?.tenants[tenant] = withoutPartition[tenant] ?? TenantDedupeState() }
@@ -65,8 +116,9 @@ struct BatchDedupe {
         return ownerless[tenant, default: TenantDedupeState()].distinctValues.addIfAbsent(windowEnd, forKey: value)
     }
 
-    /// Stores the partitions' updated states for the next commits (the ownerless ones are
-    /// not kept); `SinkStore.commit` drops them again if the transaction fails.
+    /// Stores the partitions' updated states for the next commits and merges (the ownerless
+    /// ones are not kept). A commit drops them again if its transaction fails; a merged
+    /// batch's states stay for its commit's retries, until it is abandoned.
     func checkIn(to dedupeStates: DedupeStates) {
         dedupeStates.checkIn(partitions)
     }

@@ -16,110 +16,166 @@ public enum SinkWriteMethod: Sendable {
     case pipelinedUpserts
 }
 
-/// Writes everything of a batch but the offsets, inside the commit's transaction, in this
-/// order: event identities (dropping events counted before), distinct values of unique
-/// counts, usage deltas merged into their windows, per-day stats, rejections. Identities and
-/// distinct values are checked against the dedupe states of the batch's partitions (see `BatchDedupe`).
+/// Writes everything of a batch but the offsets, inside the commit's transaction: its events
+/// deduplicated against the dedupe states of its partitions (see `BatchDedupe`), then what
+/// they add (`BatchEffects`).
 func writeBatch(_ batch: SinkBatch, writeMethod: SinkWriteMethod, dedupeStates: DedupeStates, _ db: isolated PostgresConnection) throws {
-    var stats: [StatsKey: EventStats] = [:]
     var dedupe = try BatchDedupe(for: batch, from: dedupeStates, db)
-    var deltas: [UsageKey: UsageRow] = [:]
-    /// Merges a row into its window's delta, in batch order; one hash lookup for a new window, the common case.
-    func addDelta(_ row: UsageRow) {
-        if let earlier = deltas.updateValue(row, forKey: UsageKey(row)) { deltas[UsageKey(row)] = earlier.merged(with: row) }
-    }
-    let (fresh, repeated) = batch.events.isEmpty ? ([], []) : try recordEventIdentities(batch.events, in: &dedupe, db)
-    deltas.reserveCapacity(batch.usage.count + fresh.reduce(0) { $0 + $1.usage.count })
-    for row in batch.usage { addDelta(row) }
-    for event in fresh {
-        for row in event.usage { addDelta(row) }
-        stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
-    }
-    for event in repeated { stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].deduplicated += 1 }
-    for rejection in batch.rejections {
-        switch rejection.kind {
-        case .late: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].late += 1
-        case .invalid: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].rejected += 1
-        case .meter: break
-        }
-    }
-    if deltas.values.contains(where: { $0.aggregation == .uniqueCount }) { try countNewDistinctValues(&deltas, in: &dedupe, db) }
+    var effects = BatchEffects()
+    effects.add(batch, deciding: &dedupe)
     dedupe.checkIn(to: dedupeStates)
-    if !deltas.isEmpty {
-        switch writeMethod {
-        case .loggedDeltas: try appendUsageToLog(deltas.values, db)
-        case .stagedUpsert: try upsertUsageStaged(Array(deltas.values), db)
-        case .pipelinedUpserts: try upsertUsagePipelined(Array(deltas.values), db)
-        }
-    }
-    if !stats.isEmpty { try appendStatsToLog(stats, db) }
-    if !batch.rejections.isEmpty { try recordRejections(batch.rejections, db) }
+    try effects.write(writeMethod: writeMethod, db)
 }
 
-/// Splits events into those seen for the first time, now recorded, and repeats (of earlier
-/// batches or earlier in this one).
-private func recordEventIdentities(
-    _ events: [CountedEvent], in dedupe: inout BatchDedupe, _ db: isolated PostgresConnection
-) throws -> (fresh: [CountedEvent], repeated: [CountedEvent]) {
-    var fresh: [CountedEvent] = []
-    var repeated: [CountedEvent] = []
-    fresh.reserveCapacity(events.count)
-    for event in events {
-        if dedupe.recordIdentity(Digest.identity(source: event.source, id: event.id), time: microseconds(event.time), of: event.tenant) {
-            fresh.append(event)
-        } else {
-            repeated.append(event)
-        }
+/// What batches add once their events are deduplicated: the identities of events counted for
+/// the first time, usage deltas merged per window (with the distinct values new to them),
+/// per-day stats and rejections. Several batches' effects merge into one (`add`), so a window
+/// gets one delta however many of them it met.
+struct BatchEffects {
+    /// An event counted for the first time, as `tally.event_identities` records it.
+    struct Identity {
+        var tenant: TenantID
+        var source: String
+        var id: String
+        var timeMicroseconds: Int64
     }
-    try db.copy(
-        into: "tally.event_identities", columns: ["consumer_group", "topic", "partition", "tenant", "source", "event_id", "event_time"],
-        rows: fresh
-    ) { event, fields in
-        appendPartitionFields(of: dedupe.partition(of: event.tenant), to: &fields)
-        fields.append(event.tenant.rawValue)
-        fields.append(event.source)
-        fields.append(event.id)
-        fields.append(timestampMicroseconds: microseconds(event.time))
-    }
-    return (fresh, repeated)
-}
 
-/// Records the distinct values of the unique-count deltas new to their windows and sets each
-/// delta's value to how many of its values are new.
-private func countNewDistinctValues(
-    _ deltas: inout [UsageKey: UsageRow], in dedupe: inout BatchDedupe, _ db: isolated PostgresConnection
-) throws {
-    var new: [(key: UsageKey, value: String)] = []
-    var newCounts: [(key: UsageKey, count: Int)] = []
-    for (key, row) in deltas where row.aggregation == .uniqueCount {
-        let windowStart = microseconds(key.windowStart)
-        var newValues = 0
-        for value in row.distinctValues {
-            let digest = Digest.distinctValue(
-                meter: key.meter, subject: key.subject, windowSize: key.windowSize, windowStartMicroseconds: windowStart, groupKey: key.groupKey,
-                value: value)
-            if dedupe.recordDistinctValue(digest, windowEnd: row.windowSize.latestEnd(ofWindowStartingAt: windowStart), of: key.tenant) {
-                newValues += 1
-                new.append((key, value))
+    /// The partition whose dedupe state holds each owned tenant's rows; others have none.
+    private(set) var owners: [TenantID: GroupPartition] = [:]
+    private(set) var identities: [Identity] = []
+    /// For `unique_count`, a delta's value is already the number of its new distinct values.
+    private(set) var deltas: [UsageKey: WindowDelta] = [:]
+    /// How many distinct values the deltas hold, new to their windows.
+    private var newDistinctValues = 0
+    /// The deltas once `seal` has moved them out of `deltas`.
+    private var sealedDeltas: [(key: UsageKey, value: WindowDelta)] = []
+    private var stats: [StatsKey: EventStats] = [:]
+    private(set) var rejections: [RejectedInput] = []
+
+    var isEmpty: Bool { identities.isEmpty && windows == 0 && stats.isEmpty && rejections.isEmpty }
+
+    /// Windows with a delta.
+    var windows: Int { deltas.count + sealedDeltas.count }
+
+    /// Moves the deltas from their hash table into a plain list, about half the memory, for
+    /// effects that only wait to be written: nothing may be added afterwards.
+    mutating func seal() {
+        precondition(sealedDeltas.isEmpty, "effects are sealed once")
+        sealedDeltas = deltas.map { ($0.key, $0.value) }
+        deltas = [:]
+    }
+
+    /// Makes room for this many windows at once, rather than growing the hash table (and
+    /// holding its old and new storage) step by step.
+    mutating func reserveWindows(_ windows: Int) {
+        deltas.reserveCapacity(windows)
+    }
+
+    /// Every tenant with something to write.
+
+    /// Decides which of the batch's events are new, recording their identities and distinct
+    /// values in `dedupe`, and adds what they add, in batch order.
+    mutating func add(_ batch: SinkBatch, deciding dedupe: inout BatchDedupe) {
+        precondition(sealedDeltas.isEmpty, "effects are added to before they are sealed")
+        var uniqueCountWindows: Set<UsageKey> = []
+        /// Merges a row into its window's delta, in place.
+        func addDelta(_ row: UsageRow) {
+            let key = UsageKey(row)
+            var delta = WindowDelta(row)
+            if row.aggregation == .uniqueCount {
+                // Its value is the number of its new distinct values, counted below.
+                delta.value = 0
+                uniqueCountWindows.insert(key)
+            }
+            if let index = deltas.index(forKey: key) { deltas.values[index].merge(delta) } else { deltas[key] = delta }
+        }
+        for row in batch.usage { addDelta(row) }
+        for event in batch.events {
+            let time = microseconds(event.time)
+            if dedupe.recordIdentity(Digest.identity(source: event.source, id: event.id), time: time, of: event.tenant) {
+                identities.append(Identity(tenant: event.tenant, source: event.source, id: event.id, timeMicroseconds: time))
+                for row in event.usage { addDelta(row) }
+                stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
+            } else {
+                stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].deduplicated += 1
             }
         }
-        newCounts.append((key, newValues))
+        for rejection in batch.rejections {
+            switch rejection.kind {
+            case .late: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].late += 1
+            case .invalid: stats[StatsKey(tenant: rejection.tenant, time: rejection.time), default: EventStats()].rejected += 1
+            case .meter: break
+            }
+        }
+        rejections += batch.rejections
+        owners.merge(dedupe.owners) { earlier, _ in earlier }
+        for key in uniqueCountWindows { countNewDistinctValues(of: key, deciding: &dedupe) }
     }
-    for (key, count) in newCounts { deltas[key]?.value = Decimal(count) }
-    try db.copy(
-        into: "tally.distinct_values",
-        columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start", "group_key", "value_key"],
-        rows: new
-    ) { entry, fields in
-        let (key, value) = entry
-        appendPartitionFields(of: dedupe.partition(of: key.tenant), to: &fields)
-        fields.append(key.tenant.rawValue)
-        fields.append(key.meter)
-        fields.append(key.subject)
-        fields.append(key.windowSize)
-        fields.append(timestampMicroseconds: microseconds(key.windowStart))
-        fields.append(key.groupKey)
-        fields.append(value)
+
+    /// Records the distinct values the window's delta got from the batch that are new to the
+    /// window, keeps them to be written and adds their number to its value.
+    private mutating func countNewDistinctValues(of key: UsageKey, deciding dedupe: inout BatchDedupe) {
+        guard let delta = deltas[key] else { return }
+        let windowStart = microseconds(key.windowStart)
+        var new: [String] = []
+        for value in delta.distinctValues {
+            let digest = Digest.distinctValue(
+                meter: key.meter, subject: key.subject, windowSize: key.windowSize.rawValue, windowStartMicroseconds: windowStart, groupKey: key.groupKey,
+                value: value)
+            if dedupe.recordDistinctValue(digest, windowEnd: key.windowSize.latestEnd(ofWindowStartingAt: windowStart), of: key.tenant) {
+                new.append(value)
+            }
+        }
+        newDistinctValues += new.count
+        deltas[key]?.value += Decimal(new.count)
+        deltas[key]?.distinctValues = []
+        deltas[key]?.newDistinctValues += new
+    }
+
+    /// Writes everything, inside the commit's transaction.
+    func write(writeMethod: SinkWriteMethod, _ db: isolated PostgresConnection) throws {
+        if !identities.isEmpty { try writeIdentities(db) }
+        let windows = deltas.isEmpty ? sealedDeltas : Array(deltas)
+        if newDistinctValues > 0 { try writeDistinctValues(of: windows, db) }
+        if !windows.isEmpty {
+            switch writeMethod {
+            case .loggedDeltas: try appendUsageToLog(windows, db)
+            case .stagedUpsert: try upsertUsageStaged(windows, db)
+            case .pipelinedUpserts: try upsertUsagePipelined(windows, db)
+            }
+        }
+        if !stats.isEmpty { try appendStatsToLog(stats, db) }
+        if !rejections.isEmpty { try recordRejections(rejections, db) }
+    }
+
+    private func writeIdentities(_ db: isolated PostgresConnection) throws {
+        try db.copy(
+            into: "tally.event_identities", columns: ["consumer_group", "topic", "partition", "tenant", "source", "event_id", "event_time"],
+            rows: identities
+        ) { identity, fields in
+            appendPartitionFields(of: owners[identity.tenant], to: &fields)
+            fields.append(identity.tenant.rawValue)
+            fields.append(identity.source)
+            fields.append(identity.id)
+            fields.append(timestampMicroseconds: identity.timeMicroseconds)
+        }
+    }
+
+    private func writeDistinctValues(of windows: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
+        try db.copy(
+            into: "tally.distinct_values",
+            columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start", "group_key", "value_key"],
+            rows: windows.lazy.flatMap { window in window.value.newDistinctValues.lazy.map { (window: window.key, value: $0) } }
+        ) { entry, fields in
+            appendPartitionFields(of: owners[entry.window.tenant], to: &fields)
+            fields.append(entry.window.tenant.rawValue)
+            fields.append(entry.window.meter)
+            fields.append(entry.window.subject)
+            fields.append(entry.window.windowSize.rawValue)
+            fields.append(timestampMicroseconds: microseconds(entry.window.windowStart))
+            fields.append(entry.window.groupKey)
+            fields.append(entry.value)
+        }
     }
 }
 
@@ -148,7 +204,7 @@ private let usageMerge = """
     """
 
 /// Appends the deltas to the usage log, numbered by one commit sequence value.
-private func appendUsageToLog(_ rows: some Collection<UsageRow>, _ db: isolated PostgresConnection) throws {
+private func appendUsageToLog(_ deltas: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
     let commit = try db.query("SELECT nextval('tally.usage_log_commits') AS n")[0].int64("n")!
     try db.copy(
         into: "tally.usage_log",
@@ -156,27 +212,27 @@ private func appendUsageToLog(_ rows: some Collection<UsageRow>, _ db: isolated 
             "commit_seq", "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total",
             "event_count", "first_event_us", "last_event_us",
         ],
-        rows: rows
-    ) { row, fields in
+        rows: deltas
+    ) { window, fields in
         fields.append(commit)
-        appendUsageFields(of: row, to: &fields)
+        appendUsageFields(of: window.value, in: window.key, to: &fields)
     }
 }
 
 /// The columns of `usageColumns`, times as microseconds since the epoch.
-private func appendUsageFields(of row: UsageRow, to fields: inout CopyRowWriter) {
-    fields.append(row.tenant.rawValue)
-    fields.append(row.meter)
-    fields.append(row.subject)
-    fields.append(row.windowSize.rawValue)
-    fields.append(microseconds(row.windowStart))
-    fields.append(row.groupKey)
-    fields.append(row.aggregation.rawValue)
-    fields.append(row.value)
-    fields.append(row.total)
-    fields.append(row.eventCount)
-    fields.append(microseconds(row.firstEventAt))
-    fields.append(microseconds(row.lastEventAt))
+private func appendUsageFields(of delta: WindowDelta, in window: UsageKey, to fields: inout CopyRowWriter) {
+    fields.append(window.tenant.rawValue)
+    fields.append(window.meter)
+    fields.append(window.subject)
+    fields.append(window.windowSize.rawValue)
+    fields.append(microseconds(window.windowStart))
+    fields.append(window.groupKey)
+    fields.append(delta.aggregation.rawValue)
+    fields.append(delta.value)
+    fields.append(delta.total)
+    fields.append(delta.eventCount)
+    fields.append(microseconds(delta.firstEventAt))
+    fields.append(microseconds(delta.lastEventAt))
 }
 
 /// The usage log's hash partitions by tenant, `tally.usage_log_0` up to this count less one
@@ -259,7 +315,7 @@ func tenantID(in row: PostgresRow, column: String) throws -> TenantID {
 /// Stages the deltas with COPY, then upserts them all in one statement; Postgres routes each
 /// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
 /// and cheap to format; an average's value is its total over its count, divided by Postgres.
-private func upsertUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+private func upsertUsageStaged(_ deltas: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
     try db.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS sink_usage (
@@ -273,9 +329,9 @@ private func upsertUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnec
             "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total", "event_count",
             "first_event_us", "last_event_us",
         ],
-        rows: rows
-    ) { row, fields in
-        appendUsageFields(of: row, to: &fields)
+        rows: deltas
+    ) { window, fields in
+        appendUsageFields(of: window.value, in: window.key, to: &fields)
     }
     try db.execute(
         """
@@ -289,18 +345,18 @@ private func upsertUsageStaged(_ rows: [UsageRow], _ db: isolated PostgresConnec
 }
 
 /// Upserts delta by delta through one prepared statement in pipeline mode.
-private func upsertUsagePipelined(_ rows: [UsageRow], _ db: isolated PostgresConnection) throws {
+private func upsertUsagePipelined(_ deltas: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
     try db.pipeline(
         """
         INSERT INTO tally.usage AS u (\(usageColumns))
         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE $7::text WHEN 'avg' THEN $9::numeric / $10::bigint ELSE $8::numeric END, $9, $10, $11, $12)
         \(usageMerge)
         """,
-        parameterSets: rows.lazy.map { row in
+        parameterSets: deltas.lazy.map { window, delta in
             [
-                .text(row.tenant.rawValue), .text(row.meter), .text(row.subject), .text(row.windowSize.rawValue), .timestamptz(row.windowStart),
-                .text(row.groupKey), .text(row.aggregation.rawValue), .numeric("\(row.value)"), .numeric("\(row.total)"), .int64(row.eventCount),
-                .timestamptz(row.firstEventAt), .timestamptz(row.lastEventAt),
+                .text(window.tenant.rawValue), .text(window.meter), .text(window.subject), .text(window.windowSize.rawValue), .timestamptz(window.windowStart),
+                .text(window.groupKey), .text(delta.aggregation.rawValue), .numeric("\(delta.value)"), .numeric("\(delta.total)"), .int64(delta.eventCount),
+                .timestamptz(delta.firstEventAt), .timestamptz(delta.lastEventAt),
             ]
         })
 }
@@ -337,37 +393,49 @@ private func recordRejections(_ rejections: [RejectedInput], _ db: isolated Post
     }
 }
 
-extension UsageRow {
-    /// This delta followed by `later` in the log, as one delta.
-    func merged(with later: UsageRow) -> UsageRow {
-        var merged = self
+/// What a window's deltas add up to: a `UsageRow` without the window's key (`UsageKey`).
+struct WindowDelta {
+    var aggregation: Aggregation
+    var value: Decimal
+    var total: Decimal
+    var eventCount: Int64
+    var firstEventAt: Date
+    var lastEventAt: Date
+    /// For `unique_count`: the values not counted into `value` yet.
+    var distinctValues: Set<String>
+    /// For `unique_count`: the values counted into `value`, new to the window.
+    var newDistinctValues: [String] = []
+
+    init(_ row: UsageRow) {
+        (aggregation, value, total, eventCount) = (row.aggregation, row.value, row.total, row.eventCount)
+        (firstEventAt, lastEventAt, distinctValues) = (row.firstEventAt, row.lastEventAt, row.distinctValues)
+    }
+
+    /// Adds `later`, which follows this delta in the log.
+    mutating func merge(_ later: WindowDelta) {
         switch aggregation {
-        case .min: merged.value = Swift.min(value, later.value)
-        case .max: merged.value = Swift.max(value, later.value)
-        case .latest: merged.value = later.lastEventAt >= lastEventAt ? later.value : value
-        case .uniqueCount: merged.distinctValues.formUnion(later.distinctValues)
-        case .count, .sum, .avg: merged.value = value + later.value
+        case .min: value = Swift.min(value, later.value)
+        case .max: value = Swift.max(value, later.value)
+        case .latest: value = later.lastEventAt >= lastEventAt ? later.value : value
+        case .uniqueCount:
+            distinctValues.formUnion(later.distinctValues)
+            newDistinctValues += later.newDistinctValues
+            value += later.value
+        case .count, .sum, .avg: value += later.value
         }
-        merged.total = total + later.total
-        merged.eventCount = eventCount + later.eventCount
-        merged.firstEventAt = Swift.min(firstEventAt, later.firstEventAt)
-        merged.lastEventAt = Swift.max(lastEventAt, later.lastEventAt)
-        return merged
+        total += later.total
+        eventCount += later.eventCount
+        firstEventAt = Swift.min(firstEventAt, later.firstEventAt)
+        lastEventAt = Swift.max(lastEventAt, later.lastEventAt)
     }
 }
 
 /// The primary key of a usage window.
 struct UsageKey: Hashable {
-    let tenant: TenantID, meter: String, subject: String, windowSize: String, windowStart: Date, groupKey: String
-
-    init(tenant: TenantID, meter: String, subject: String, windowSize: String, windowStart: Date, groupKey: String) {
-        (self.tenant, self.meter, self.subject, self.windowSize, self.windowStart, self.groupKey) = (tenant, meter, subject, windowSize, windowStart, groupKey)
-    }
+    let tenant: TenantID, meter: String, subject: String, windowSize: UsageRow.WindowSize, windowStart: Date, groupKey: String
 
     init(_ row: UsageRow) {
-        self.init(
-            tenant: row.tenant, meter: row.meter, subject: row.subject, windowSize: row.windowSize.rawValue, windowStart: row.windowStart,
-            groupKey: row.groupKey)
+        (tenant, meter, subject, windowSize, windowStart, groupKey) = (row.tenant, row.meter, row.subject, row.windowSize, row.windowStart, row.groupKey)
     }
 }
 

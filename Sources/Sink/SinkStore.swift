@@ -197,14 +197,7 @@ public final class SinkStore: Sendable {
 
     /// The stored next offsets of a consumer group.
     public func offsets(group: String) async throws(SinkError) -> [LogPartition: CommittedPosition] {
-        try await run { db in
-            var positions: [LogPartition: CommittedPosition] = [:]
-            for row in try db.query("SELECT topic, partition, next_offset, epoch FROM tally.offsets WHERE consumer_group = $1", [.text(group)]) {
-                let partition = LogPartition(topic: try row.string("topic")!, partition: Int32(try row.int64("partition")!))
-                positions[partition] = CommittedPosition(nextOffset: try row.int64("next_offset")!, epoch: try row.int64("epoch")!)
-            }
-            return positions
-        }
+        try await run { db in try storedOffsets(group: group, db) }
     }
 
     /// Writes a batch, for any number of tenants, and its offsets in one transaction: events
@@ -223,11 +216,74 @@ public final class SinkStore: Sendable {
         } catch {
             // The connection broke, perhaps during COMMIT: the batch may or may not be stored.
             // Its positions (offset and epoch) are stored with it, so they tell which.
-            if error.isConnectionLoss, (try? await isStored(batch)) == true { return }
+            if error.isConnectionLoss, (try? await isStored(batch.positions, group: batch.consumerGroup)) == true { return }
             // The dedupe states hold what this batch would have added: read them again next time.
             dedupeStates.drop(batch.positions.keys.map { GroupPartition(group: batch.consumerGroup, partition: $0) })
             throw error
         }
+    }
+
+    /// Deduplicates `batch` in memory against the dedupe states of its partitions, as they
+    /// stand after everything merged before (committed or not), and merges what it adds into
+    /// `merged`, creating the schemas of tenants seen for the first time. Returns false, having
+    /// changed nothing, when a tenant of `batch` would be ownerless in the merged batch (its
+    /// events from more than one partition, or from none): such a batch commits on its own
+    /// (`commit(_: SinkBatch)`) once `merged` has. Throws `fenced` when `batch` carries a newer
+    /// epoch of a partition than `merged`: the merged batch can only be abandoned.
+    public func merge(_ batch: SinkBatch, into merged: inout MergedBatch) async throws(SinkError) -> Bool {
+        precondition(batch.consumerGroup == merged.consumerGroup, "a merged batch is for one consumer group")
+        for (partition, position) in batch.positions {
+            if let earlier = merged.positions[partition], earlier.epoch != position.epoch {
+                throw .fenced(partition: partition.description, epoch: earlier.epoch, currentEpoch: position.epoch)
+            }
+        }
+        try await ensureTenants(Set(batch.usage.map(\.tenant) + batch.events.map(\.tenant) + batch.rejections.map(\.tenant)))
+        guard var dedupe = BatchDedupe(merging: batch, alongside: merged.effects.owners, from: dedupeStates) else { return false }
+        if dedupe.needsLoading {
+            do {
+                dedupe = try await run { [dedupe] db in
+                    var loading = dedupe
+                    try loading.load(db)
+                    return loading
+                }
+            } catch {
+                // What was checked out is unchanged, pending identities of merged batches included.
+                dedupe.checkIn(to: dedupeStates)
+                throw error
+            }
+        }
+        merged.effects.add(batch, deciding: &dedupe)
+        dedupe.checkIn(to: dedupeStates)
+        merged.positions.merge(batch.positions) { _, later in later }
+        return true
+    }
+
+    /// Writes a merged batch and its offsets in one transaction, its epochs checked as
+    /// `commit(_: SinkBatch)` checks them; a batch whose positions are stored already was
+    /// committed by an attempt whose outcome was lost, and is not written again. Its events were decided when they merged, and the
+    /// dedupe states count them as recorded: after a failure other than `fenced`, commit the
+    /// same batch again (nothing merged after it may commit first), or `abandon` it.
+    public func commit(_ merged: MergedBatch) async throws(SinkError) {
+        do {
+            try await run { [writeMethod] db in
+                try checkEpochs(of: merged.positions, group: merged.consumerGroup, db)
+                // A retry after a connection lost during COMMIT finds the batch stored, or not.
+                let stored = try storedOffsets(group: merged.consumerGroup, db)
+                guard !merged.positions.allSatisfy({ stored[$0.key] == $0.value }) else { return }
+                try merged.effects.write(writeMethod: writeMethod, db)
+                try storeOffsets(merged.positions, group: merged.consumerGroup, db)
+            }
+        } catch {
+            if error.isConnectionLoss, (try? await isStored(merged.positions, group: merged.consumerGroup)) == true { return }
+            if case .fenced = error { abandon(merged) }
+            throw error
+        }
+    }
+
+    /// Forgets the dedupe states of a merged batch's partitions: it will not commit, nor will
+    /// anything merged after it, and their next merge or commit loads what was committed.
+    public func abandon(_ merged: MergedBatch) {
+        dedupeStates.drop(merged.positions.keys.map { GroupPartition(group: merged.consumerGroup, partition: $0) })
     }
 
     /// Folds the usage log into the keyed usage tables (see `SinkWriteMethod.loggedDeltas`),
@@ -349,34 +405,18 @@ public final class SinkStore: Sendable {
         }
     }
 
-    /// Whether every position of the batch is what the offset store holds.
-    private func isStored(_ batch: SinkBatch) async throws(SinkError) -> Bool {
-        guard !batch.positions.isEmpty else { return false }
-        let stored = try await offsets(group: batch.consumerGroup)
-        return batch.positions.allSatisfy { stored[$0.key] == $0.value }
+    /// Whether every one of the positions is what the offset store holds.
+    private func isStored(_ positions: [LogPartition: CommittedPosition], group: String) async throws(SinkError) -> Bool {
+        guard !positions.isEmpty else { return false }
+        let stored = try await offsets(group: group)
+        return positions.allSatisfy { stored[$0.key] == $0.value }
     }
 
     private func apply(_ batch: SinkBatch) async throws(SinkError) {
         try await run { [writeMethod, dedupeStates] db in
-            for (partition, position) in batch.positions.sorted(by: { $0.key < $1.key }) {
-                let current = try db.query(
-                    "SELECT epoch FROM tally.partition_owners WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
-                    [.text(batch.consumerGroup), .text(partition.topic), .int32(partition.partition)]
-                ).first?.int64("epoch")
-                guard current == position.epoch else {
-                    throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
-                }
-            }
+            try checkEpochs(of: batch.positions, group: batch.consumerGroup, db)
             try writeBatch(batch, writeMethod: writeMethod, dedupeStates: dedupeStates, db)
-            for (partition, position) in batch.positions {
-                try db.query(
-                    """
-                    INSERT INTO tally.offsets (consumer_group, topic, partition, next_offset, epoch) VALUES ($1, $2, $3, $4, $5)
-                    ON CONFLICT (consumer_group, topic, partition)
-                    DO UPDATE SET next_offset = EXCLUDED.next_offset, epoch = EXCLUDED.epoch, updated_at = now()
-                    """,
-                    [.text(batch.consumerGroup), .text(partition.topic), .int32(partition.partition), .int64(position.nextOffset), .int64(position.epoch)])
-            }
+            try storeOffsets(batch.positions, group: batch.consumerGroup, db)
         }
     }
 
@@ -459,4 +499,39 @@ private enum LogPart: Sendable {
 
     /// The second key of the part's advisory lock, beside `hashtext('tally.fold')`.
     var lockKey: Int32 { Int32(usagePartition ?? -1) }
+}
+
+/// Fails with `fenced` unless every position's epoch is its partition's current one, locking
+/// the owner rows to the end of the transaction.
+private func checkEpochs(of positions: [LogPartition: CommittedPosition], group: String, _ db: isolated PostgresConnection) throws {
+    for (partition, position) in positions.sorted(by: { $0.key < $1.key }) {
+        let current = try db.query(
+            "SELECT epoch FROM tally.partition_owners WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+            [.text(group), .text(partition.topic), .int32(partition.partition)]
+        ).first?.int64("epoch")
+        guard current == position.epoch else {
+            throw SinkError.fenced(partition: partition.description, epoch: position.epoch, currentEpoch: current)
+        }
+    }
+}
+
+private func storedOffsets(group: String, _ db: isolated PostgresConnection) throws -> [LogPartition: CommittedPosition] {
+    var positions: [LogPartition: CommittedPosition] = [:]
+    for row in try db.query("SELECT topic, partition, next_offset, epoch FROM tally.offsets WHERE consumer_group = $1", [.text(group)]) {
+        let partition = LogPartition(topic: try row.string("topic")!, partition: Int32(try row.int64("partition")!))
+        positions[partition] = CommittedPosition(nextOffset: try row.int64("next_offset")!, epoch: try row.int64("epoch")!)
+    }
+    return positions
+}
+
+private func storeOffsets(_ positions: [LogPartition: CommittedPosition], group: String, _ db: isolated PostgresConnection) throws {
+    for (partition, position) in positions {
+        try db.query(
+            """
+            INSERT INTO tally.offsets (consumer_group, topic, partition, next_offset, epoch) VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (consumer_group, topic, partition)
+            DO UPDATE SET next_offset = EXCLUDED.next_offset, epoch = EXCLUDED.epoch, updated_at = now()
+            """,
+            [.text(group), .text(partition.topic), .int32(partition.partition), .int64(position.nextOffset), .int64(position.epoch)])
+    }
 }

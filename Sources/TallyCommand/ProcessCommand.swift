@@ -47,8 +47,14 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Days event identities are kept for deduplication.")
         var dedupeDays = 32
 
-        @Option(help: "Most records per poll; each commit lane commits its share of a poll as one batch.")
+        @Option(help: "Most records per poll.")
         var maxBatch = 5_000
+
+        @Option(help: "While catching up, records each commit lane merges in memory (one usage row per window) before it commits them as one.")
+        var mergeRecords = 100_000
+
+        @Option(help: "While catching up, the most usage windows each commit lane merges in memory before it commits (bounds the memory of merging).")
+        var mergeWindows = 250_000
 
         @Option(help: "Postgres connections committing batches side by side, each for its share of the partitions.")
         var commitLanes = 2
@@ -70,9 +76,9 @@ struct ProcessCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard graceDays > 0, dedupeDays >= graceDays else { throw ValidationError("--grace-days must be positive and at most --dedupe-days") }
-            guard maxBatch > 0, commitLanes > 0, foldConnections > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
+            guard maxBatch > 0, mergeRecords > 0, mergeWindows > 0, commitLanes > 0, foldConnections > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
                 throw ValidationError(
-                    "--max-batch, --commit-lanes, --fold-connections, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
+                    "--max-batch, --merge-records, --merge-windows, --commit-lanes, --fold-connections, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
             }
         }
 
@@ -84,6 +90,8 @@ struct ProcessCommand: AsyncParsableCommand {
             configuration.grace = .seconds(graceDays * 86_400)
             configuration.dedupeHorizon = .seconds(dedupeDays * 86_400)
             configuration.maximumBatch = maxBatch
+            configuration.mergedRecordsPerCommit = mergeRecords
+            configuration.mergedWindowsPerCommit = mergeWindows
             configuration.commitLanes = commitLanes
             configuration.foldInterval = .milliseconds(foldIntervalMilliseconds)
             configuration.foldDeferralLimit = .seconds(foldDeferralSeconds)

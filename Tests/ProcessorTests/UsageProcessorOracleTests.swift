@@ -249,7 +249,8 @@ import Testing
             let records = world.oracle.records
             let half = records.count / 2
             try await produce(records[..<half], world)
-            try await withProcessor(world) { doomed in
+            // Merged batches of a few polls: the kill falls between merged commits.
+            try await withProcessor(world, options: ["--merge-records", "3000"]) { doomed in
                 try await waitForCommittedRecords(half / 2, world)
                 try await produce(records[half...], world)
                 // Killed while it works through the second half: whatever it had not

@@ -18,8 +18,19 @@ public struct UsageProcessorConfiguration: Sendable {
     public var grace: Duration = .seconds(7 * 86_400)
     /// How long event identities are kept for deduplication.
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
-    /// Most records per poll; a poll's records commit as one batch per commit lane.
+    /// Most records per poll.
     public var maximumBatch = 5_000
+    /// While the processor catches up (its polls return full batches), each commit lane merges
+    /// its share of the polls in memory (`SinkStore.merge`: deduplicated, one usage delta per
+    /// window) until it holds this many records or `mergedWindowsPerCommit` windows, then
+    /// commits them as one; otherwise a poll's records commit as soon as the lane's previous
+    /// commit is done. Bigger merges append fewer usage log rows when a stream meets its windows
+    /// again only many events later.
+    public var mergedRecordsPerCommit = 100_000
+    /// The most windows a lane merges before it commits: what bounds the memory of merging, as
+    /// a lane holds up to two merged batches (one filling, up to ~400 bytes a window; one
+    /// committing, sealed, ~170), besides their event identities (~60 bytes each).
+    public var mergedWindowsPerCommit = 250_000
     /// Sink connections committing at once. Each owns the partitions whose number modulo
     /// this count is its index, so a partition's batches still commit one at a time, in order.
     public var commitLanes = 2
@@ -34,8 +45,8 @@ public struct UsageProcessorConfiguration: Sendable {
     /// fold, so folding goes on under sustained load.
     public var foldDeferralLimit: Duration = .seconds(30)
     /// Back-pressure: while more usage rows than this may wait in the Sink's usage log, counted
-    /// by this processor (the rows its commits added since its last complete fold, before
-    /// merging), it polls no more records and folds without deferral, so the log stays bounded
+    /// by this processor (the rows its commits added since its last complete fold), it polls
+    /// no more records and folds without deferral, so the log stays bounded
     /// and a backlog that folds cannot keep up with waits in Kafka. A bigger bound lets folds
     /// merge more deltas into each window (fewer upserts an event), at the cost of more log rows
     /// for readers' queries to merge (each scans its tenant's partition of the log).
@@ -65,7 +76,7 @@ public final class UsageProcessor: Sendable {
     /// Whether the last poll returned a full batch: records are waiting.
     private let catchingUp = Atomic<Bool>(false)
     /// Usage rows this processor's commits added to the Sink's usage log since its last
-    /// complete fold (an upper bound: counted before a batch's deltas merge).
+    /// complete fold.
     private let unfoldedRows = Atomic<Int>(0)
 
     public init(
@@ -143,16 +154,47 @@ public final class UsageProcessor: Sendable {
         }
     }
 
+    /// A commit lane: its Sink store, the batch merging the lane's share of the polls, and the
+    /// commit in flight. Used by `process` alone.
+    private final class Lane {
+        let store: SinkStore
+        var open: LaneBatch
+        var committing: (batch: LaneBatch, commit: Task<Bool, Never>)?
+
+        init(store: SinkStore, open: LaneBatch) {
+            self.store = store
+            self.open = open
+        }
+
+        /// Merges a batch into `open` (`SinkStore.merge`). The merged batch is moved out for
+        /// the merge, so that the merge holds its only reference and grows its windows in
+        /// place; an access to `open` held across the merge's suspension points would be a
+        /// copy of them.
+        func merge(_ batch: SinkBatch) async throws(SinkError) -> Bool {
+            var merged = open.merged
+            open.merged = MergedBatch(consumerGroup: merged.consumerGroup)
+            defer { open.merged = merged }
+            return try await store.merge(batch, into: &merged)
+        }
+    }
+
+    /// Polled batches merged for one commit, and what progress lines count of them.
+    private struct LaneBatch {
+        var merged: MergedBatch
+        var progress = ProcessorProgress()
+    }
+
     /// Polls and prepares the next batches while the previous ones commit, so the processor's
-    /// own work overlaps Postgres's; the batches of a poll commit side by side, one per lane.
+    /// own work overlaps Postgres's; each lane commits its share of the polls, merged while
+    /// catching up (`mergedRecordsPerCommit`), side by side with the other lanes.
     private func process(
-        _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes: [SinkStore], folds: AsyncStream<Void>
+        _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes stores: [SinkStore], folds: AsyncStream<Void>
     ) async throws {
         var foldsDone = folds.makeAsyncIterator()
         var totals = ProcessorProgress()
         var lastForget = ContinuousClock.now - .seconds(3600)
-        var committing: [Int: (batch: PreparedBatch, commit: Task<Bool, Never>)] = [:]
-        defer { for (_, commit) in committing.values { commit.cancel() } }
+        let lanes = stores.map { Lane(store: $0, open: newLaneBatch()) }
+        defer { for lane in lanes { lane.committing?.commit.cancel() } }
         while !Task.isCancelled {
             if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
                 logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
@@ -161,29 +203,28 @@ public final class UsageProcessor: Sendable {
                 }
             }
             let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
-            catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
-            var next = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
-            try await sendDeadLetters(next.values.flatMap(\.deadLetters), with: deadLetters)
-            var fenced: Set<LogPartition> = []
-            for (lane, (batch, commit)) in committing {
-                if await Self.value(of: commit) {
-                    unfoldedRows.add(batch.usageRows, ordering: .relaxed)
-                    totals.add(batch)
-                } else {
-                    // Another member owns a partition now: the lane's next batch, read after
-                    // the fenced one, goes too, and its partitions are read again from what
-                    // the Sink holds, where this member still owns them.
-                    fenced.formUnion(batch.sink.positions.keys)
-                    if let dropped = next.removeValue(forKey: lane) { fenced.formUnion(dropped.sink.positions.keys) }
-                }
+            let catchingUp = records.count == configuration.maximumBatch
+            self.catchingUp.store(catchingUp, ordering: .relaxed)
+            let prepared = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
+            try await sendDeadLetters(prepared.values.flatMap(\.deadLetters), with: deadLetters)
+            let committed = totals.batches
+            var rereading: Set<LogPartition> = []
+            for (lane, batch) in prepared { rereading.formUnion(try await merge(batch, into: lanes[lane], totals: &totals)) }
+            // Rows on their way to the usage log count towards its bound.
+            let rowsToLog =
+                unfoldedRows.load(ordering: .relaxed)
+                + lanes.reduce(0) { $0 + $1.open.merged.usageRows + ($1.committing?.batch.merged.usageRows ?? 0) }
+            for lane in lanes.indices {
+                let open = lanes[lane].open
+                let full =
+                    open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
+                    || rowsToLog > configuration.maximumUnfoldedRows
+                guard !catchingUp || full else { continue }
+                rereading.formUnion(await finishCommit(of: lanes[lane], totals: &totals))
+                startCommit(of: lanes[lane], nextExpectingAsMany: catchingUp)
             }
-            if !committing.isEmpty { progress(totals) }
-            committing = [:]
-            if !fenced.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(fenced)) }
-            for (lane, batch) in next {
-                let (sinkBatch, store) = (batch.sink, lanes[lane])
-                committing[lane] = (batch, Task { await commitWithRetry(sinkBatch, to: store) })
-            }
+            if totals.batches != committed { progress(totals) }
+            if !rereading.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(rereading)) }
             if lastForget.duration(to: .now) > .seconds(600) {
                 lastForget = .now
                 let now = Date()
@@ -196,7 +237,93 @@ public final class UsageProcessor: Sendable {
                 }
             }
         }
-        for (_, commit) in committing.values { _ = await Self.value(of: commit) }
+        // Stopping: the commits in flight end, then what each lane merged commits, once.
+        for lane in lanes {
+            _ = await finishCommit(of: lane, totals: &totals)
+            startCommit(of: lane)
+            _ = await finishCommit(of: lane, totals: &totals)
+        }
+    }
+
+    private func newLaneBatch(expectedWindows: Int = 0) -> LaneBatch {
+        LaneBatch(merged: MergedBatch(consumerGroup: configuration.group, expectedWindows: expectedWindows))
+    }
+
+    /// Merges a lane's share of a poll into the lane's open batch. Returns the partitions to
+    /// read again: those of the lane's batches, when the poll shows them fenced off.
+    private func merge(_ batch: PreparedBatch, into lane: Lane, totals: inout ProcessorProgress) async throws -> Set<LogPartition> {
+        var delay: Duration = .milliseconds(100)
+        while true {
+            do {
+                if try await lane.merge(batch.sink) {
+                    lane.open.progress.add(batch)
+                    return []
+                }
+                // A tenant's events came from more than one partition: what the lane merged
+                // commits first, then this batch on its own.
+                var rereading = await finishCommit(of: lane, totals: &totals)
+                if rereading.isEmpty {
+                    startCommit(of: lane)
+                    rereading = await finishCommit(of: lane, totals: &totals)
+                }
+                guard rereading.isEmpty else { return rereading.union(batch.sink.positions.keys) }
+                let (store, sinkBatch) = (lane.store, batch.sink)
+                guard await Self.value(of: Task { await commitWithRetry { () async throws(SinkError) in try await store.commit(sinkBatch) } }) else {
+                    return Set(batch.sink.positions.keys)
+                }
+                unfoldedRows.add(batch.usageRows, ordering: .relaxed)
+                var progress = ProcessorProgress()
+                progress.add(batch)
+                totals.add(committed: progress)
+                return []
+            } catch {
+                if case .fenced = error {
+                    // The poll carries a newer owner epoch of a partition than the lane's merged
+                    // batch: the partition was assigned again since. The lane's batches are read
+                    // again from what the Sink holds, once its commit in flight has ended.
+                    let inFlight = await finishCommit(of: lane, totals: &totals)
+                    lane.store.abandon(lane.open.merged)
+                    let rereading = inFlight.union(lane.open.merged.positions.keys).union(batch.sink.positions.keys)
+                    lane.open = newLaneBatch()
+                    return rereading
+                }
+                // Nothing was merged; the dedupe states could not be read from Postgres. When
+                // stopping, the batch is left to whoever reads the partitions next.
+                logger.warning("could not deduplicate a batch, retrying in \(delay): \(error)")
+                try? await Task.sleep(for: delay)
+                if Task.isCancelled { return [] }
+                delay = min(delay * 2, .seconds(10))
+            }
+        }
+    }
+
+    /// Commits the lane's open batch in the background, unless it is empty; while catching up,
+    /// the next one is sized for as many windows.
+    private func startCommit(of lane: Lane, nextExpectingAsMany catchingUp: Bool = false) {
+        guard !lane.open.merged.isEmpty else { return }
+        var batch = lane.open
+        lane.open = newLaneBatch(expectedWindows: catchingUp ? batch.merged.usageRows : 0)
+        batch.merged.seal()
+        let (store, merged) = (lane.store, batch.merged)
+        lane.committing = (batch, Task { await commitWithRetry { () async throws(SinkError) in try await store.commit(merged) } })
+    }
+
+    /// Waits for the lane's commit in flight, if any. When that was fenced off, the lane's
+    /// open batch, merged after it, goes too: returns the partitions of both, to read again
+    /// from what the Sink holds, where this member still owns them.
+    private func finishCommit(of lane: Lane, totals: inout ProcessorProgress) async -> Set<LogPartition> {
+        guard let (batch, commit) = lane.committing else { return [] }
+        lane.committing = nil
+        if await Self.value(of: commit) {
+            unfoldedRows.add(batch.merged.usageRows, ordering: .relaxed)
+            totals.add(committed: batch.progress)
+            return []
+        }
+        lane.store.abandon(batch.merged)
+        lane.store.abandon(lane.open.merged)
+        let rereading = Set(batch.merged.positions.keys).union(lane.open.merged.positions.keys)
+        lane.open = newLaneBatch()
+        return rereading
     }
 
     /// How long ago a window must have ended for its distinct values to be forgotten: no event
@@ -307,12 +434,13 @@ public final class UsageProcessor: Sendable {
         }
     }
 
-    /// Commits, retrying with backoff while Postgres is unreachable. False when fenced.
-    private func commitWithRetry(_ batch: SinkBatch, to store: SinkStore) async -> Bool {
+    /// Runs a commit, retrying it with backoff while Postgres is unreachable. False when
+    /// fenced, or cancelled.
+    private func commitWithRetry(_ commit: @Sendable () async throws(SinkError) -> Void) async -> Bool {
         var delay: Duration = .milliseconds(100)
         while true {
             do {
-                try await store.commit(batch)
+                try await commit()
                 return true
             } catch {
                 if case .fenced = error {
@@ -347,12 +475,20 @@ public struct ProcessorProgress: Sendable {
     public var records = 0
     public var events = 0
     public var deadLetters = 0
+    /// Commits.
     public var batches = 0
 
     mutating func add(_ batch: UsageProcessor.PreparedBatch) {
         records += batch.records
         events += batch.sink.events.count
         deadLetters += batch.deadLetters.count
+    }
+
+    /// Adds what one commit wrote.
+    mutating func add(committed: ProcessorProgress) {
+        records += committed.records
+        events += committed.events
+        deadLetters += committed.deadLetters
         batches += 1
     }
 }
