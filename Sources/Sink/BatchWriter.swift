@@ -71,8 +71,6 @@ struct BatchEffects {
         deltas.reserveCapacity(windows)
     }
 
-    /// Every tenant with something to write.
-
     /// Decides which of the batch's events are new, recording their identities and distinct
     /// values in `dedupe`, and adds what they add, in batch order.
     mutating func add(_ batch: SinkBatch, deciding dedupe: inout BatchDedupe) {

@@ -260,9 +260,10 @@ public final class SinkStore: Sendable {
 
     /// Writes a merged batch and its offsets in one transaction, its epochs checked as
     /// `commit(_: SinkBatch)` checks them; a batch whose positions are stored already was
-    /// committed by an attempt whose outcome was lost, and is not written again. Its events were decided when they merged, and the
-    /// dedupe states count them as recorded: after a failure other than `fenced`, commit the
-    /// same batch again (nothing merged after it may commit first), or `abandon` it.
+    /// committed by an attempt whose outcome was lost, and is not written again. Its events
+    /// were decided when they merged, and the dedupe states count them as recorded: after a
+    /// failure other than `fenced`, commit the same batch again (nothing merged after it may
+    /// commit first), or `abandon` it.
     public func commit(_ merged: MergedBatch) async throws(SinkError) {
         do {
             try await run { [writeMethod] db in

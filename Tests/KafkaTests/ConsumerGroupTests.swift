@@ -144,6 +144,26 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         await consumer.close()
     }
 
+    /// The backlog is what the assigned partitions hold past what `poll` returned: here the 100
+    /// records of one partition less those polled, then none.
+    @Test func backlogCountsTheRecordsNotPolledYet() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("waiting", partitions: 1, replicationFactor: 1)
+        try await produce(100, to: "waiting", bootstrap: cluster.bootstrapServers)
+        let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "backlog"))
+        try await consumer.subscribe(["waiting"])
+        #expect(try await consumer.backlog() == 0)
+        var polled = 0
+        let deadline = ContinuousClock.now + .seconds(60)
+        while polled < 30, ContinuousClock.now < deadline { polled += try await consumer.poll(maxRecords: min(10, 30 - polled), timeout: .milliseconds(100)).count }
+        #expect(polled == 30)
+        #expect(try await consumer.backlog() == 70)
+        while polled < 100, ContinuousClock.now < deadline { polled += try await consumer.poll(maxRecords: 50, timeout: .milliseconds(100)).count }
+        #expect(try await consumer.backlog() == 0)
+        await consumer.close()
+    }
+
     @Test func pausedPartitionsDeliverNothingUntilResumed() async throws {
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }

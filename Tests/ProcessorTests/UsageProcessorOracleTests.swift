@@ -228,11 +228,12 @@ import Testing
             let records = world.oracle.records
             let half = records.count / 2
             try await produce(records[..<half], world)
-            try await withProcessor(world) { first in
+            // Both members merge batches of a few polls while a backlog waits.
+            try await withProcessor(world, options: ["--merge-records", "3000"]) { first in
                 try await waitForCommittedRecords(half, world)
                 // A second member joins: the group rebalances in the middle of the stream, and
                 // both members read the second half.
-                try await withProcessor(world) { second in
+                try await withProcessor(world, options: ["--merge-records", "3000"]) { second in
                     try await waitForRebalance(world)
                     try await produce(records[half...], world)
                     try await waitForCommittedRecords(records.count, world)

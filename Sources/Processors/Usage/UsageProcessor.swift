@@ -20,12 +20,13 @@ public struct UsageProcessorConfiguration: Sendable {
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
     /// Most records per poll.
     public var maximumBatch = 5_000
-    /// While the processor catches up (its polls return full batches), each commit lane merges
-    /// its share of the polls in memory (`SinkStore.merge`: deduplicated, one usage delta per
-    /// window) until it holds this many records or `mergedWindowsPerCommit` windows, then
-    /// commits them as one; otherwise a poll's records commit as soon as the lane's previous
-    /// commit is done. Bigger merges append fewer usage log rows when a stream meets its windows
-    /// again only many events later.
+    /// While at least this many records wait in Kafka for the processor (its backlog), each
+    /// commit lane merges its share of the polls in memory (`SinkStore.merge`: deduplicated, one
+    /// usage delta per window) until it holds this many records or `mergedWindowsPerCommit`
+    /// windows, then commits them as one; otherwise a poll's records commit as soon as the
+    /// lane's previous commit is done, so merging never holds back records that a smaller
+    /// commit would have made visible sooner. Bigger merges append fewer usage log rows when a
+    /// stream meets its windows again only many events later.
     public var mergedRecordsPerCommit = 100_000
     /// The most windows a lane merges before it commits: what bounds the memory of merging, as
     /// a lane holds up to two merged batches (one filling, up to ~400 bytes a window; one
@@ -185,8 +186,8 @@ public final class UsageProcessor: Sendable {
     }
 
     /// Polls and prepares the next batches while the previous ones commit, so the processor's
-    /// own work overlaps Postgres's; each lane commits its share of the polls, merged while
-    /// catching up (`mergedRecordsPerCommit`), side by side with the other lanes.
+    /// own work overlaps Postgres's; each lane commits its share of the polls, merged while a
+    /// backlog waits (`mergedRecordsPerCommit`), side by side with the other lanes.
     private func process(
         _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes stores: [SinkStore], folds: AsyncStream<Void>
     ) async throws {
@@ -203,8 +204,9 @@ public final class UsageProcessor: Sendable {
                 }
             }
             let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
-            let catchingUp = records.count == configuration.maximumBatch
-            self.catchingUp.store(catchingUp, ordering: .relaxed)
+            catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
+            // A backlog not known (the client failed to say) merges nothing beyond a poll.
+            let merging = ((try? await consumer.backlog()) ?? 0) >= configuration.mergedRecordsPerCommit
             let prepared = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
             try await sendDeadLetters(prepared.values.flatMap(\.deadLetters), with: deadLetters)
             let committed = totals.batches
@@ -219,9 +221,9 @@ public final class UsageProcessor: Sendable {
                 let full =
                     open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
                     || rowsToLog > configuration.maximumUnfoldedRows
-                guard !catchingUp || full else { continue }
+                guard !merging || full else { continue }
                 rereading.formUnion(await finishCommit(of: lanes[lane], totals: &totals))
-                startCommit(of: lanes[lane], nextExpectingAsMany: catchingUp)
+                startCommit(of: lanes[lane], nextExpectingAsMany: merging)
             }
             if totals.batches != committed { progress(totals) }
             if !rereading.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(rereading)) }
@@ -297,12 +299,12 @@ public final class UsageProcessor: Sendable {
         }
     }
 
-    /// Commits the lane's open batch in the background, unless it is empty; while catching up,
-    /// the next one is sized for as many windows.
-    private func startCommit(of lane: Lane, nextExpectingAsMany catchingUp: Bool = false) {
+    /// Commits the lane's open batch in the background, unless it is empty; while merging, the
+    /// next one is sized for as many windows.
+    private func startCommit(of lane: Lane, nextExpectingAsMany merging: Bool = false) {
         guard !lane.open.merged.isEmpty else { return }
         var batch = lane.open
-        lane.open = newLaneBatch(expectedWindows: catchingUp ? batch.merged.usageRows : 0)
+        lane.open = newLaneBatch(expectedWindows: merging ? batch.merged.usageRows : 0)
         batch.merged.seal()
         let (store, merged) = (lane.store, batch.merged)
         lane.committing = (batch, Task { await commitWithRetry { () async throws(SinkError) in try await store.commit(merged) } })
