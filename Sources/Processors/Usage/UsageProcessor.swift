@@ -20,7 +20,7 @@ public struct UsageProcessorConfiguration: Sendable {
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
     /// Most records per poll.
     public var maximumBatch = 5_000
-    /// While at least this many records wait in Kafka for the processor (its backlog), each
+    /// While the records waiting in Kafka for the processor (its backlog) would fill it, each
     /// commit lane merges its share of the polls in memory (`SinkStore.merge`: deduplicated, one
     /// usage delta per window) until it holds this many records or `mergedWindowsPerCommit`
     /// windows, then commits them as one; otherwise a poll's records commit as soon as the
@@ -206,7 +206,7 @@ public final class UsageProcessor: Sendable {
             let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
             catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
             // A backlog not known (the client failed to say) merges nothing beyond a poll.
-            let merging = ((try? await consumer.backlog()) ?? 0) >= configuration.mergedRecordsPerCommit
+            let backlog = Int((try? await consumer.backlog()) ?? 0)
             let prepared = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
             try await sendDeadLetters(prepared.values.flatMap(\.deadLetters), with: deadLetters)
             let committed = totals.batches
@@ -218,6 +218,8 @@ public final class UsageProcessor: Sendable {
                 + lanes.reduce(0) { $0 + $1.open.merged.usageRows + ($1.committing?.batch.merged.usageRows ?? 0) }
             for lane in lanes.indices {
                 let open = lanes[lane].open
+                // A lane merges on while its share of the records waiting would fill its batch.
+                let merging = backlog / lanes.count >= configuration.mergedRecordsPerCommit - open.progress.records
                 let full =
                     open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
                     || rowsToLog > configuration.maximumUnfoldedRows
