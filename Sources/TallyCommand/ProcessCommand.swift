@@ -50,10 +50,10 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Most records per poll.")
         var maxBatch = 5_000
 
-        @Option(help: "While catching up, records each commit lane merges in memory (one usage row per window) before it commits them as one.")
+        @Option(help: "While a backlog waits that would fill it, records each commit lane merges in memory (one usage row per window) before it commits them as one.")
         var mergeRecords = 100_000
 
-        @Option(help: "While catching up, the most usage windows each commit lane merges in memory before it commits (bounds the memory of merging).")
+        @Option(help: "The most usage windows each commit lane merges in memory before it commits (bounds the memory of merging).")
         var mergeWindows = 250_000
 
         @Option(help: "Postgres connections committing batches side by side, each for its share of the partitions.")
