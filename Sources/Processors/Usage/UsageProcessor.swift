@@ -482,6 +482,7 @@ public struct ProcessorProgress: Sendable {
     /// Commits.
     public var batches = 0
 
+    /// Adds a lane's share of one poll, before it commits (see `add(committed:)`).
     mutating func add(_ batch: UsageProcessor.PreparedBatch) {
         records += batch.records
         events += batch.sink.events.count
