@@ -428,12 +428,29 @@ struct WindowDelta {
     }
 }
 
-/// The primary key of a usage window.
+/// The primary key of a usage window. Its fields are hashed once, when it is made: a merge
+/// looks a key up several times, and a growing table rehashes every key it holds.
 struct UsageKey: Hashable {
     let tenant: TenantID, meter: String, subject: String, windowSize: UsageRow.WindowSize, windowStart: Date, groupKey: String
+    private let fieldsHash: Int
 
     init(_ row: UsageRow) {
         (tenant, meter, subject, windowSize, windowStart, groupKey) = (row.tenant, row.meter, row.subject, row.windowSize, row.windowStart, row.groupKey)
+        var hasher = Hasher()
+        hasher.combine(tenant)
+        hasher.combine(meter)
+        hasher.combine(subject)
+        hasher.combine(windowSize)
+        hasher.combine(windowStart)
+        hasher.combine(groupKey)
+        fieldsHash = hasher.finalize()
+    }
+
+    func hash(into hasher: inout Hasher) { hasher.combine(fieldsHash) }
+
+    static func == (lhs: UsageKey, rhs: UsageKey) -> Bool {
+        lhs.fieldsHash == rhs.fieldsHash && lhs.subject == rhs.subject && lhs.windowStart == rhs.windowStart && lhs.meter == rhs.meter
+            && lhs.windowSize == rhs.windowSize && lhs.tenant == rhs.tenant && lhs.groupKey == rhs.groupKey
     }
 }
 

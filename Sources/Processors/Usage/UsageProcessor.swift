@@ -155,27 +155,147 @@ public final class UsageProcessor: Sendable {
         }
     }
 
-    /// A commit lane: its Sink store, the batch merging the lane's share of the polls, and the
-    /// commit in flight. Used by `process` alone.
-    private final class Lane {
-        let store: SinkStore
-        var open: LaneBatch
-        var committing: (batch: LaneBatch, commit: Task<Bool, Never>)?
+    /// A commit lane: its Sink store, the batch merging its share of the polls, and its commit
+    /// in flight. Lanes own disjoint partitions, so they prepare and merge their shares of a
+    /// poll side by side; `process` calls one lane's methods one at a time.
+    private actor Lane {
+        private let store: SinkStore
+        private let processor: UsageProcessor
+        private var open: LaneBatch
+        private var committing: (batch: LaneBatch, commit: Task<Bool, Never>)?
+        /// What the lane's commits wrote.
+        private(set) var committed = ProcessorProgress()
 
-        init(store: SinkStore, open: LaneBatch) {
+        init(store: SinkStore, processor: UsageProcessor) {
             self.store = store
-            self.open = open
+            self.processor = processor
+            open = processor.newLaneBatch()
         }
 
-        /// Merges a batch into `open` (`SinkStore.merge`). The merged batch is moved out for
-        /// the merge, so that the merge holds its only reference and grows its windows in
-        /// place; an access to `open` held across the merge's suspension points would be a
-        /// copy of them.
-        func merge(_ batch: SinkBatch) async throws(SinkError) -> Bool {
+        /// Usage rows merged or committing, on their way to the usage log.
+        var rowsToLog: Int { open.merged.usageRows + (committing?.batch.merged.usageRows ?? 0) }
+
+        /// Prepares the lane's share of a poll, sends its dead letters and merges the rest into
+        /// the open batch. Returns the partitions to read again (see `merge`).
+        func take(_ records: [ConsumerRecord], ownership: SinkOwnership, deadLetters: KafkaProducer) async throws -> Set<LogPartition> {
+            let batch = processor.prepare(records, ownership: ownership)
+            try await processor.sendDeadLetters(batch.deadLetters, with: deadLetters)
+            return await merge(batch)
+        }
+
+        /// Commits the open batch once the previous commit is done, unless the lane merges on:
+        /// while its share of the records waiting in Kafka (`backlogShare`) would fill the
+        /// batch, and the batch and the usage log have room (`logFull`). Returns the partitions
+        /// to read again (see `finishCommit`).
+        func commitUnlessMerging(backlogShare: Int, logFull: Bool) async -> Set<LogPartition> {
+            let configuration = processor.configuration
+            let merging = backlogShare >= configuration.mergedRecordsPerCommit - open.progress.records
+            let full =
+                open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
+                || logFull
+            guard !merging || full else { return [] }
+            let rereading = await finishCommit()
+            startCommit(nextExpectingAsMany: merging)
+            return rereading
+        }
+
+        /// Stopping: the commit in flight ends, then what the lane merged commits, once.
+        func stop() async {
+            _ = await finishCommit()
+            startCommit()
+            _ = await finishCommit()
+        }
+
+        /// Cancels the commit in flight, if any (its retries end; it may still have landed).
+        func cancelCommit() {
+            committing?.commit.cancel()
+        }
+
+        /// Merges a batch into the open batch. Returns the partitions to read again: those of
+        /// the lane's batches, when the poll shows them fenced off.
+        private func merge(_ batch: PreparedBatch) async -> Set<LogPartition> {
+            var delay: Duration = .milliseconds(100)
+            while true {
+                do {
+                    if try await mergeIntoOpen(batch.sink) {
+                        open.progress.add(batch)
+                        return []
+                    }
+                    // A tenant's events came from more than one partition: what the lane merged
+                    // commits first, then this batch on its own.
+                    var rereading = await finishCommit()
+                    if rereading.isEmpty {
+                        startCommit()
+                        rereading = await finishCommit()
+                    }
+                    guard rereading.isEmpty else { return rereading.union(batch.sink.positions.keys) }
+                    let (store, sinkBatch) = (store, batch.sink)
+                    let commit = Task { await processor.commitWithRetry { () async throws(SinkError) in try await store.commit(sinkBatch) } }
+                    guard await UsageProcessor.value(of: commit) else { return Set(batch.sink.positions.keys) }
+                    processor.unfoldedRows.add(batch.usageRows, ordering: .relaxed)
+                    var progress = ProcessorProgress()
+                    progress.add(batch)
+                    committed.add(committed: progress)
+                    return []
+                } catch {
+                    if case .fenced = error {
+                        // The poll carries a newer owner epoch of a partition than the lane's
+                        // merged batch: the partition was assigned again since. The lane's
+                        // batches are read again from what the Sink holds, once its commit in
+                        // flight has ended.
+                        let inFlight = await finishCommit()
+                        store.abandon(open.merged)
+                        let rereading = inFlight.union(open.merged.positions.keys).union(batch.sink.positions.keys)
+                        open = processor.newLaneBatch()
+                        return rereading
+                    }
+                    // Nothing was merged; the dedupe states could not be read from Postgres. When
+                    // stopping, the batch is left to whoever reads the partitions next.
+                    processor.logger.warning("could not deduplicate a batch, retrying in \(delay): \(error)")
+                    try? await Task.sleep(for: delay)
+                    if Task.isCancelled { return [] }
+                    delay = min(delay * 2, .seconds(10))
+                }
+            }
+        }
+
+        /// `SinkStore.merge` into the open batch. The merged batch is moved out for the merge,
+        /// so that the merge holds its only reference and grows its windows in place; an access
+        /// to `open` held across the merge's suspension points would be a copy of them.
+        private func mergeIntoOpen(_ batch: SinkBatch) async throws(SinkError) -> Bool {
             var merged = open.merged
             open.merged = MergedBatch(consumerGroup: merged.consumerGroup)
             defer { open.merged = merged }
             return try await store.merge(batch, into: &merged)
+        }
+
+        /// Commits the open batch in the background, unless it is empty; while merging, the
+        /// next one is sized for as many windows.
+        private func startCommit(nextExpectingAsMany merging: Bool = false) {
+            guard !open.merged.isEmpty else { return }
+            var batch = open
+            open = processor.newLaneBatch(expectedWindows: merging ? batch.merged.usageRows : 0)
+            batch.merged.seal()
+            let (store, merged) = (store, batch.merged)
+            committing = (batch, Task { await processor.commitWithRetry { () async throws(SinkError) in try await store.commit(merged) } })
+        }
+
+        /// Waits for the commit in flight, if any. When that was fenced off, the open batch,
+        /// merged after it, goes too: returns the partitions of both, to read again from what
+        /// the Sink holds, where this member still owns them.
+        private func finishCommit() async -> Set<LogPartition> {
+            guard let (batch, commit) = committing else { return [] }
+            committing = nil
+            if await UsageProcessor.value(of: commit) {
+                processor.unfoldedRows.add(batch.merged.usageRows, ordering: .relaxed)
+                committed.add(committed: batch.progress)
+                return []
+            }
+            store.abandon(batch.merged)
+            store.abandon(open.merged)
+            let rereading = Set(batch.merged.positions.keys).union(open.merged.positions.keys)
+            open = processor.newLaneBatch()
+            return rereading
         }
     }
 
@@ -186,150 +306,75 @@ public final class UsageProcessor: Sendable {
     }
 
     /// Polls and prepares the next batches while the previous ones commit, so the processor's
-    /// own work overlaps Postgres's; each lane commits its share of the polls, merged while a
-    /// backlog waits (`mergedRecordsPerCommit`), side by side with the other lanes.
+    /// own work overlaps Postgres's; each lane prepares and merges its share of the polls
+    /// (merged while a backlog waits, `mergedRecordsPerCommit`) and commits it, side by side
+    /// with the other lanes.
     private func process(
         _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes stores: [SinkStore], folds: AsyncStream<Void>
     ) async throws {
         var foldsDone = folds.makeAsyncIterator()
-        var totals = ProcessorProgress()
+        var lastProgress = ProcessorProgress()
         var lastForget = ContinuousClock.now - .seconds(3600)
-        let lanes = stores.map { Lane(store: $0, open: newLaneBatch()) }
-        defer { for lane in lanes { lane.committing?.commit.cancel() } }
-        while !Task.isCancelled {
-            if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
-                logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
-                while unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
-                    guard await foldsDone.next() != nil else { break }
+        let lanes = stores.map { Lane(store: $0, processor: self) }
+        do {
+            while !Task.isCancelled {
+                if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                    logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
+                    while unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                        guard await foldsDone.next() != nil else { break }
+                    }
+                }
+                let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
+                catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
+                // A backlog not known (the client failed to say) merges nothing beyond a poll.
+                let backlog = Int((try? await consumer.backlog()) ?? 0)
+                let shares = Dictionary(grouping: records) { Int($0.partition) % lanes.count }
+                var rereading = try await withThrowingTaskGroup(of: Set<LogPartition>.self) { group in
+                    for (lane, records) in shares {
+                        group.addTask { [lanes] in try await lanes[lane].take(records, ownership: ownership, deadLetters: deadLetters) }
+                    }
+                    return try await group.reduce(into: Set<LogPartition>()) { $0.formUnion($1) }
+                }
+                // Rows on their way to the usage log count towards its bound.
+                var rowsToLog = unfoldedRows.load(ordering: .relaxed)
+                for lane in lanes { rowsToLog += await lane.rowsToLog }
+                for lane in lanes {
+                    rereading.formUnion(
+                        await lane.commitUnlessMerging(backlogShare: backlog / lanes.count, logFull: rowsToLog > configuration.maximumUnfoldedRows))
+                }
+                var totals = ProcessorProgress()
+                for lane in lanes { totals += await lane.committed }
+                if totals.batches != lastProgress.batches { progress(totals) }
+                lastProgress = totals
+                if !rereading.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(rereading)) }
+                if lastForget.duration(to: .now) > .seconds(600) {
+                    lastForget = .now
+                    await forgetExpired()
                 }
             }
-            let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
-            catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
-            // A backlog not known (the client failed to say) merges nothing beyond a poll.
-            let backlog = Int((try? await consumer.backlog()) ?? 0)
-            let prepared = Dictionary(grouping: records) { Int($0.partition) % lanes.count }.mapValues { prepare($0, ownership: ownership) }
-            try await sendDeadLetters(prepared.values.flatMap(\.deadLetters), with: deadLetters)
-            let committed = totals.batches
-            var rereading: Set<LogPartition> = []
-            for (lane, batch) in prepared { rereading.formUnion(try await merge(batch, into: lanes[lane], totals: &totals)) }
-            // Rows on their way to the usage log count towards its bound.
-            let rowsToLog =
-                unfoldedRows.load(ordering: .relaxed)
-                + lanes.reduce(0) { $0 + $1.open.merged.usageRows + ($1.committing?.batch.merged.usageRows ?? 0) }
-            for lane in lanes.indices {
-                let open = lanes[lane].open
-                // A lane merges on while its share of the records waiting would fill its batch.
-                let merging = backlog / lanes.count >= configuration.mergedRecordsPerCommit - open.progress.records
-                let full =
-                    open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
-                    || rowsToLog > configuration.maximumUnfoldedRows
-                guard !merging || full else { continue }
-                rereading.formUnion(await finishCommit(of: lanes[lane], totals: &totals))
-                startCommit(of: lanes[lane], nextExpectingAsMany: merging)
-            }
-            if totals.batches != committed { progress(totals) }
-            if !rereading.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(rereading)) }
-            if lastForget.duration(to: .now) > .seconds(600) {
-                lastForget = .now
-                let now = Date()
-                let cutoff = now.addingTimeInterval(-Self.seconds(configuration.dedupeHorizon))
-                do { try await sink.forgetEvents(before: cutoff) } catch { logger.warning("could not prune event identities: \(error)") }
-                do {
-                    try await sink.forgetDistinctValues(ofWindowsEndedBefore: now.addingTimeInterval(-Self.seconds(closedWindowAge)))
-                } catch {
-                    logger.warning("could not prune the distinct values of closed windows: \(error)")
-                }
-            }
+        } catch {
+            for lane in lanes { await lane.cancelCommit() }
+            throw error
         }
-        // Stopping: the commits in flight end, then what each lane merged commits, once.
-        for lane in lanes {
-            _ = await finishCommit(of: lane, totals: &totals)
-            startCommit(of: lane)
-            _ = await finishCommit(of: lane, totals: &totals)
+        for lane in lanes { await lane.stop() }
+    }
+
+    /// Prunes event identities past the dedupe horizon and the distinct values of windows
+    /// closed long enough (`closedWindowAge`).
+    private func forgetExpired() async {
+        let now = Date()
+        let cutoff = now.addingTimeInterval(-Self.seconds(configuration.dedupeHorizon))
+        do { try await sink.forgetEvents(before: cutoff) } catch { logger.warning("could not prune event identities: \(error)") }
+        do {
+            try await sink.forgetDistinctValues(ofWindowsEndedBefore: now.addingTimeInterval(-Self.seconds(closedWindowAge)))
+        } catch {
+            logger.warning("could not prune the distinct values of closed windows: \(error)")
         }
     }
 
     private func newLaneBatch(expectedWindows: Int = 0) -> LaneBatch {
         LaneBatch(merged: MergedBatch(consumerGroup: configuration.group, expectedWindows: expectedWindows))
     }
-
-    /// Merges a lane's share of a poll into the lane's open batch. Returns the partitions to
-    /// read again: those of the lane's batches, when the poll shows them fenced off.
-    private func merge(_ batch: PreparedBatch, into lane: Lane, totals: inout ProcessorProgress) async throws -> Set<LogPartition> {
-        var delay: Duration = .milliseconds(100)
-        while true {
-            do {
-                if try await lane.merge(batch.sink) {
-                    lane.open.progress.add(batch)
-                    return []
-                }
-                // A tenant's events came from more than one partition: what the lane merged
-                // commits first, then this batch on its own.
-                var rereading = await finishCommit(of: lane, totals: &totals)
-                if rereading.isEmpty {
-                    startCommit(of: lane)
-                    rereading = await finishCommit(of: lane, totals: &totals)
-                }
-                guard rereading.isEmpty else { return rereading.union(batch.sink.positions.keys) }
-                let (store, sinkBatch) = (lane.store, batch.sink)
-                guard await Self.value(of: Task { await commitWithRetry { () async throws(SinkError) in try await store.commit(sinkBatch) } }) else {
-                    return Set(batch.sink.positions.keys)
-                }
-                unfoldedRows.add(batch.usageRows, ordering: .relaxed)
-                var progress = ProcessorProgress()
-                progress.add(batch)
-                totals.add(committed: progress)
-                return []
-            } catch {
-                if case .fenced = error {
-                    // The poll carries a newer owner epoch of a partition than the lane's merged
-                    // batch: the partition was assigned again since. The lane's batches are read
-                    // again from what the Sink holds, once its commit in flight has ended.
-                    let inFlight = await finishCommit(of: lane, totals: &totals)
-                    lane.store.abandon(lane.open.merged)
-                    let rereading = inFlight.union(lane.open.merged.positions.keys).union(batch.sink.positions.keys)
-                    lane.open = newLaneBatch()
-                    return rereading
-                }
-                // Nothing was merged; the dedupe states could not be read from Postgres. When
-                // stopping, the batch is left to whoever reads the partitions next.
-                logger.warning("could not deduplicate a batch, retrying in \(delay): \(error)")
-                try? await Task.sleep(for: delay)
-                if Task.isCancelled { return [] }
-                delay = min(delay * 2, .seconds(10))
-            }
-        }
-    }
-
-    /// Commits the lane's open batch in the background, unless it is empty; while merging, the
-    /// next one is sized for as many windows.
-    private func startCommit(of lane: Lane, nextExpectingAsMany merging: Bool = false) {
-        guard !lane.open.merged.isEmpty else { return }
-        var batch = lane.open
-        lane.open = newLaneBatch(expectedWindows: merging ? batch.merged.usageRows : 0)
-        batch.merged.seal()
-        let (store, merged) = (lane.store, batch.merged)
-        lane.committing = (batch, Task { await commitWithRetry { () async throws(SinkError) in try await store.commit(merged) } })
-    }
-
-    /// Waits for the lane's commit in flight, if any. When that was fenced off, the lane's
-    /// open batch, merged after it, goes too: returns the partitions of both, to read again
-    /// from what the Sink holds, where this member still owns them.
-    private func finishCommit(of lane: Lane, totals: inout ProcessorProgress) async -> Set<LogPartition> {
-        guard let (batch, commit) = lane.committing else { return [] }
-        lane.committing = nil
-        if await Self.value(of: commit) {
-            unfoldedRows.add(batch.merged.usageRows, ordering: .relaxed)
-            totals.add(committed: batch.progress)
-            return []
-        }
-        lane.store.abandon(batch.merged)
-        lane.store.abandon(lane.open.merged)
-        let rereading = Set(batch.merged.positions.keys).union(lane.open.merged.positions.keys)
-        lane.open = newLaneBatch()
-        return rereading
-    }
-
     /// How long ago a window must have ended for its distinct values to be forgotten: no event
     /// reaches it past the grace, plus a day for processors whose clocks disagree, and never
     /// before the dedupe horizon, so everything a processor remembers lasts that long.
@@ -495,5 +540,13 @@ public struct ProcessorProgress: Sendable {
         events += committed.events
         deadLetters += committed.deadLetters
         batches += 1
+    }
+
+    /// Adds the totals of other commits.
+    static func += (totals: inout ProcessorProgress, other: ProcessorProgress) {
+        totals.records += other.records
+        totals.events += other.events
+        totals.deadLetters += other.deadLetters
+        totals.batches += other.batches
     }
 }
