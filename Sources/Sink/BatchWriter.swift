@@ -160,10 +160,16 @@ struct BatchEffects {
     }
 
     private func writeDistinctValues(of windows: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
+        // Listed first: most windows have none, and `copy` iterates its rows generically.
+        var rows: [(window: UsageKey, value: String)] = []
+        rows.reserveCapacity(newDistinctValues)
+        for index in windows.indices where !windows[index].value.newDistinctValues.isEmpty {
+            for value in windows[index].value.newDistinctValues { rows.append((windows[index].key, value)) }
+        }
         try db.copy(
             into: "tally.distinct_values",
             columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start", "group_key", "value_key"],
-            rows: windows.lazy.flatMap { window in window.value.newDistinctValues.lazy.map { (window: window.key, value: $0) } }
+            rows: rows
         ) { entry, fields in
             appendPartitionFields(of: owners[entry.window.tenant], to: &fields)
             fields.append(entry.window.tenant.rawValue)
