@@ -32,8 +32,9 @@ public struct UsageProcessorConfiguration: Sendable {
     /// a lane holds up to two merged batches (one filling, up to ~400 bytes a window; one
     /// committing, sealed, ~170), besides their event identities (~60 bytes each).
     public var mergedWindowsPerCommit = 250_000
-    /// Sink connections committing at once. Each owns the partitions whose number modulo
-    /// this count is its index, so a partition's batches still commit one at a time, in order.
+    /// Sink connections committing at once. Each lane owns the partitions whose number modulo
+    /// this count is its index, so a partition's batches still commit one at a time, in order,
+    /// and prepares and merges its share of every poll side by side with the other lanes.
     public var commitLanes = 2
     /// How often the processor folds the Sink's usage and stats logs into the keyed tables (on
     /// connections of its own, `foldConnections`); readers see the same values either way.
