@@ -231,7 +231,7 @@ public final class UsageProcessor: Sendable {
                     }
                     guard rereading.isEmpty else { return rereading.union(batch.sink.positions.keys) }
                     let (store, sinkBatch) = (store, batch.sink)
-                    let commit = Task { await processor.commitWithRetry { () async throws(SinkError) in try await store.commit(sinkBatch) } }
+                    let commit = commitInBackground { () async throws(SinkError) in try await store.commit(sinkBatch) }
                     guard await UsageProcessor.value(of: commit) else { return Set(batch.sink.positions.keys) }
                     processor.unfoldedRows.add(batch.usageRows, ordering: .relaxed)
                     var progress = ProcessorProgress()
@@ -278,7 +278,14 @@ public final class UsageProcessor: Sendable {
             open = processor.newLaneBatch(expectedWindows: merging ? batch.merged.usageRows : 0)
             batch.merged.seal()
             let (store, merged) = (store, batch.merged)
-            committing = (batch, Task { await processor.commitWithRetry { () async throws(SinkError) in try await store.commit(merged) } })
+            committing = (batch, commitInBackground { () async throws(SinkError) in try await store.commit(merged) })
+        }
+
+        /// Runs a commit with retries (`commitWithRetry`) in a task of its own. Nonisolated, so
+        /// that the task does not run on the lane: it neither waits for the lane's work to start
+        /// nor to end.
+        private nonisolated func commitInBackground(_ commit: @escaping @Sendable () async throws(SinkError) -> Void) -> Task<Bool, Never> {
+            Task { [processor] in await processor.commitWithRetry(commit) }
         }
 
         /// Waits for the commit in flight, if any. When that was fenced off, the open batch,
