@@ -383,6 +383,7 @@ public final class UsageProcessor: Sendable {
     private func newLaneBatch(expectedWindows: Int = 0) -> LaneBatch {
         LaneBatch(merged: MergedBatch(consumerGroup: configuration.group, expectedWindows: expectedWindows))
     }
+
     /// How long ago a window must have ended for its distinct values to be forgotten: no event
     /// reaches it past the grace, plus a day for processors whose clocks disagree, and never
     /// before the dedupe horizon, so everything a processor remembers lasts that long.
