@@ -545,10 +545,9 @@ public struct ProcessorProgress: Sendable {
 
     /// Adds what one commit wrote.
     mutating func add(committed: ProcessorProgress) {
-        records += committed.records
-        events += committed.events
-        deadLetters += committed.deadLetters
-        batches += 1
+        var commit = committed
+        commit.batches = 1
+        self += commit
     }
 
     /// Adds the totals of other commits.
