@@ -36,7 +36,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     var maxBatch = 5_000
 
     @Option(help: "The processor's --merge-records.")
-    var mergeRecords = 100_000
+    var mergeRecords = 200_000
 
     @Option(help: "The processor's --merge-windows.")
     var mergeWindows = 250_000

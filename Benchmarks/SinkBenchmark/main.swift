@@ -59,7 +59,7 @@ struct SinkBenchmark: AsyncParsableCommand {
         let all = (0..<rows).map { index in
             UsageRow(
                 tenant: tenantIDs[index % tenants], meter: "api_calls", subject: "customer_\(index / tenants)", windowSize: .hour,
-                windowStart: start, value: Decimal(index % 977), eventCount: Int64(index % 977),
+                windowStart: start, value: .integer(Int64(index % 977)), eventCount: Int64(index % 977),
                 firstEventAt: start.addingTimeInterval(1), lastEventAt: start.addingTimeInterval(3_599))
         }
 

@@ -64,8 +64,20 @@ public struct CopyRowWriter: ~Copyable {
         guard mantissa != 0 else { return putNumeric(groups: [], weight: 0, sign: Self.numericPositive, scale: scale) }
         // mantissa × 10^exponent is (mantissa × 10^(exponent mod 4)) × 10 000^groupExponent; the first factor has at most 22 digits.
         let groupExponent = exponent.floorDivided(by: 4)
-        var rest = UInt128(mantissa) * UInt128(Self.powersOfTen[exponent - 4 * groupExponent])
-        let sign = value.sign == .minus ? Self.numericNegative : Self.numericPositive
+        putNumeric(
+            magnitude: UInt128(mantissa) * UInt128(Self.powersOfTen[exponent - 4 * groupExponent]), groupExponent: groupExponent,
+            sign: value.sign == .minus ? Self.numericNegative : Self.numericPositive, scale: scale)
+    }
+
+    /// Appends an integer to a `numeric` field, exactly.
+    public mutating func append(numeric value: Int64) {
+        guard value != 0 else { return putNumeric(groups: [], weight: 0, sign: Self.numericPositive, scale: 0) }
+        putNumeric(magnitude: UInt128(value.magnitude), groupExponent: 0, sign: value < 0 ? Self.numericNegative : Self.numericPositive, scale: 0)
+    }
+
+    /// `magnitude` × 10 000^`groupExponent` (`magnitude` non-zero, at most 24 digits) as a `numeric`.
+    private mutating func putNumeric(magnitude: UInt128, groupExponent: Int, sign: UInt16, scale: Int) {
+        var rest = magnitude
         withUnsafeTemporaryAllocation(of: UInt16.self, capacity: 6) { groups in
             // Least significant first; zero groups at that end are left out.
             var count = 0

@@ -43,56 +43,35 @@ struct BatchEffects {
     /// The partition whose dedupe state holds each owned tenant's rows; others have none.
     private(set) var owners: [TenantID: GroupPartition] = [:]
     private(set) var identities: [Identity] = []
-    /// For `unique_count`, a delta's value is already the number of its new distinct values.
-    private(set) var deltas: [UsageKey: WindowDelta] = [:]
-    /// How many distinct values the deltas hold, new to their windows.
-    private var newDistinctValues = 0
-    /// The deltas once `seal` has moved them out of `deltas`.
-    private var sealedDeltas: [(key: UsageKey, value: WindowDelta)] = []
+    private var windowTable = WindowTable()
     private var stats: [StatsKey: EventStats] = [:]
     private(set) var rejections: [RejectedInput] = []
 
-    var isEmpty: Bool { identities.isEmpty && windows == 0 && stats.isEmpty && rejections.isEmpty }
+    var isEmpty: Bool { identities.isEmpty && windowTable.isEmpty && stats.isEmpty && rejections.isEmpty }
 
     /// Windows with a delta.
-    var windows: Int { deltas.count + sealedDeltas.count }
+    var windows: Int { windowTable.count }
 
-    /// Moves the deltas from their hash table into a plain list, about half the memory, for
-    /// effects that only wait to be written: nothing may be added afterwards.
+    /// Drops what only adding needs, for effects that only wait to be written: nothing may be
+    /// added afterwards.
     mutating func seal() {
-        precondition(sealedDeltas.isEmpty, "effects are sealed once")
-        sealedDeltas = deltas.map { ($0.key, $0.value) }
-        deltas = [:]
+        windowTable.seal()
     }
 
-    /// Makes room for this many windows at once, rather than growing the hash table (and
-    /// holding its old and new storage) step by step.
+    /// Makes room for this many windows at once, rather than growing step by step.
     mutating func reserveWindows(_ windows: Int) {
-        deltas.reserveCapacity(windows)
+        windowTable.reserveCapacity(windows)
     }
 
     /// Decides which of the batch's events are new, recording their identities and distinct
     /// values in `dedupe`, and adds what they add, in batch order.
     mutating func add(_ batch: SinkBatch, deciding dedupe: inout BatchDedupe) {
-        precondition(sealedDeltas.isEmpty, "effects are added to before they are sealed")
-        var uniqueCountWindows: Set<UsageKey> = []
-        /// Merges a row into its window's delta, in place.
-        func addDelta(_ row: UsageRow) {
-            let key = UsageKey(row)
-            var delta = WindowDelta(row)
-            if row.aggregation == .uniqueCount {
-                // Its value is the number of its new distinct values, counted below.
-                delta.value = 0
-                uniqueCountWindows.insert(key)
-            }
-            if let index = deltas.index(forKey: key) { deltas.values[index].merge(delta) } else { deltas[key] = delta }
-        }
-        for row in batch.usage { addDelta(row) }
+        for row in batch.usage { windowTable.merge(row) }
         for event in batch.events {
             let time = microseconds(event.time)
             if dedupe.recordIdentity(Digest.identity(source: event.source, id: event.id), time: time, of: event.tenant) {
                 identities.append(Identity(tenant: event.tenant, source: event.source, id: event.id, timeMicroseconds: time))
-                for row in event.usage { addDelta(row) }
+                for row in event.usage { windowTable.merge(row) }
                 stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].counted += 1
             } else {
                 stats[StatsKey(tenant: event.tenant, time: event.time), default: EventStats()].deduplicated += 1
@@ -107,39 +86,18 @@ struct BatchEffects {
         }
         rejections += batch.rejections
         owners.merge(dedupe.owners) { earlier, _ in earlier }
-        for key in uniqueCountWindows { countNewDistinctValues(of: key, deciding: &dedupe) }
-    }
-
-    /// Records the distinct values the window's delta got from the batch that are new to the
-    /// window, keeps them to be written and adds their number to its value.
-    private mutating func countNewDistinctValues(of key: UsageKey, deciding dedupe: inout BatchDedupe) {
-        guard let delta = deltas[key] else { return }
-        let windowStart = microseconds(key.windowStart)
-        var new: [String] = []
-        for value in delta.distinctValues {
-            let digest = Digest.distinctValue(
-                meter: key.meter, subject: key.subject, windowSize: key.windowSize.rawValue, windowStartMicroseconds: windowStart, groupKey: key.groupKey,
-                value: value)
-            if dedupe.recordDistinctValue(digest, windowEnd: key.windowSize.latestEnd(ofWindowStartingAt: windowStart), of: key.tenant) {
-                new.append(value)
-            }
-        }
-        newDistinctValues += new.count
-        deltas[key]?.value += Decimal(new.count)
-        deltas[key]?.distinctValues = []
-        deltas[key]?.newDistinctValues += new
+        windowTable.countNewDistinctValues { tenant, value, windowEnd in dedupe.recordDistinctValue(value, windowEnd: windowEnd, of: tenant) }
     }
 
     /// Writes everything, inside the commit's transaction.
     func write(writeMethod: SinkWriteMethod, _ db: isolated PostgresConnection) throws {
         if !identities.isEmpty { try writeIdentities(db) }
-        let windows = deltas.isEmpty ? sealedDeltas : Array(deltas)
-        if newDistinctValues > 0 { try writeDistinctValues(of: windows, db) }
-        if !windows.isEmpty {
+        if !windowTable.newDistinctValues.isEmpty { try writeDistinctValues(db) }
+        if !windowTable.isEmpty {
             switch writeMethod {
-            case .loggedDeltas: try appendUsageToLog(windows, db)
-            case .stagedUpsert: try upsertUsageStaged(windows, db)
-            case .pipelinedUpserts: try upsertUsagePipelined(windows, db)
+            case .loggedDeltas: try appendUsageToLog(windowTable, db)
+            case .stagedUpsert: try upsertUsageStaged(windowTable, db)
+            case .pipelinedUpserts: try upsertUsagePipelined(windowTable, db)
             }
         }
         if !stats.isEmpty { try appendStatsToLog(stats, db) }
@@ -159,25 +117,22 @@ struct BatchEffects {
         }
     }
 
-    private func writeDistinctValues(of windows: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
-        // Listed first: most windows have none, and `copy` iterates its rows generically.
-        var rows: [(window: UsageKey, value: String)] = []
-        rows.reserveCapacity(newDistinctValues)
-        for index in windows.indices where !windows[index].value.newDistinctValues.isEmpty {
-            for value in windows[index].value.newDistinctValues { rows.append((windows[index].key, value)) }
-        }
+    private func writeDistinctValues(_ db: isolated PostgresConnection) throws {
+        let table = windowTable
         try db.copy(
             into: "tally.distinct_values",
             columns: ["consumer_group", "topic", "partition", "tenant", "meter", "subject", "window_size", "window_start", "group_key", "value_key"],
-            rows: rows
+            rows: table.newDistinctValues
         ) { entry, fields in
-            appendPartitionFields(of: owners[entry.window.tenant], to: &fields)
-            fields.append(entry.window.tenant.rawValue)
-            fields.append(entry.window.meter)
-            fields.append(entry.window.subject)
-            fields.append(entry.window.windowSize.rawValue)
-            fields.append(timestampMicroseconds: microseconds(entry.window.windowStart))
-            fields.append(entry.window.groupKey)
+            let key = table.keys[Int(entry.window)]
+            let tenant = table.tenants[key.tenant]
+            appendPartitionFields(of: owners[tenant], to: &fields)
+            fields.append(tenant.rawValue)
+            fields.append(table.meters[key.meter])
+            fields.append(table.subjects[key.subject])
+            fields.append(key.windowSize.rawValue)
+            fields.append(timestampMicroseconds: key.windowStartMicroseconds)
+            fields.append(table.groups[key.group])
             fields.append(entry.value)
         }
     }
@@ -208,7 +163,7 @@ private let usageMerge = """
     """
 
 /// Appends the deltas to the usage log, numbered by one commit sequence value.
-private func appendUsageToLog(_ deltas: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
+private func appendUsageToLog(_ table: WindowTable, _ db: isolated PostgresConnection) throws {
     let commit = try db.query("SELECT nextval('tally.usage_log_commits') AS n")[0].int64("n")!
     try db.copy(
         into: "tally.usage_log",
@@ -216,27 +171,38 @@ private func appendUsageToLog(_ deltas: [(key: UsageKey, value: WindowDelta)], _
             "commit_seq", "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total",
             "event_count", "first_event_us", "last_event_us",
         ],
-        rows: deltas
+        rows: table.keys.indices
     ) { window, fields in
         fields.append(commit)
-        appendUsageFields(of: window.value, in: window.key, to: &fields)
+        appendUsageFields(ofWindow: window, in: table, to: &fields)
     }
 }
 
-/// The columns of `usageColumns`, times as microseconds since the epoch.
-private func appendUsageFields(of delta: WindowDelta, in window: UsageKey, to fields: inout CopyRowWriter) {
-    fields.append(window.tenant.rawValue)
-    fields.append(window.meter)
-    fields.append(window.subject)
-    fields.append(window.windowSize.rawValue)
-    fields.append(microseconds(window.windowStart))
-    fields.append(window.groupKey)
+/// The columns of `usageColumns` for one window of `table`, times as microseconds since the epoch.
+private func appendUsageFields(ofWindow window: Int, in table: WindowTable, to fields: inout CopyRowWriter) {
+    let key = table.keys[window], delta = table.deltas[window]
+    fields.append(table.tenants[key.tenant].rawValue)
+    fields.append(table.meters[key.meter])
+    fields.append(table.subjects[key.subject])
+    fields.append(key.windowSize.rawValue)
+    fields.append(key.windowStartMicroseconds)
+    fields.append(table.groups[key.group])
     fields.append(delta.aggregation.rawValue)
     fields.append(delta.value)
     fields.append(delta.total)
     fields.append(delta.eventCount)
-    fields.append(microseconds(delta.firstEventAt))
-    fields.append(microseconds(delta.lastEventAt))
+    fields.append(delta.firstEventMicroseconds)
+    fields.append(delta.lastEventMicroseconds)
+}
+
+extension CopyRowWriter {
+    /// Appends a `numeric` field.
+    fileprivate mutating func append(_ amount: UsageAmount) {
+        switch amount {
+        case .integer(let value): append(numeric: value)
+        case .decimal(let value): append(value)
+        }
+    }
 }
 
 /// The usage log's hash partitions by tenant, `tally.usage_log_0` up to this count less one
@@ -319,7 +285,7 @@ func tenantID(in row: PostgresRow, column: String) throws -> TenantID {
 /// Stages the deltas with COPY, then upserts them all in one statement; Postgres routes each
 /// row to its tenant's partition. Times travel as integer microseconds since the epoch, exact
 /// and cheap to format; an average's value is its total over its count, divided by Postgres.
-private func upsertUsageStaged(_ deltas: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
+private func upsertUsageStaged(_ table: WindowTable, _ db: isolated PostgresConnection) throws {
     try db.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS sink_usage (
@@ -333,9 +299,9 @@ private func upsertUsageStaged(_ deltas: [(key: UsageKey, value: WindowDelta)], 
             "tenant", "meter", "subject", "window_size", "window_start_us", "group_key", "aggregation", "value", "total", "event_count",
             "first_event_us", "last_event_us",
         ],
-        rows: deltas
+        rows: table.keys.indices
     ) { window, fields in
-        appendUsageFields(of: window.value, in: window.key, to: &fields)
+        appendUsageFields(ofWindow: window, in: table, to: &fields)
     }
     try db.execute(
         """
@@ -349,18 +315,19 @@ private func upsertUsageStaged(_ deltas: [(key: UsageKey, value: WindowDelta)], 
 }
 
 /// Upserts delta by delta through one prepared statement in pipeline mode.
-private func upsertUsagePipelined(_ deltas: [(key: UsageKey, value: WindowDelta)], _ db: isolated PostgresConnection) throws {
+private func upsertUsagePipelined(_ table: WindowTable, _ db: isolated PostgresConnection) throws {
     try db.pipeline(
         """
         INSERT INTO tally.usage AS u (\(usageColumns))
         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE $7::text WHEN 'avg' THEN $9::numeric / $10::bigint ELSE $8::numeric END, $9, $10, $11, $12)
         \(usageMerge)
         """,
-        parameterSets: deltas.lazy.map { window, delta in
+        parameterSets: zip(table.keys, table.deltas).lazy.map { key, delta in
             [
-                .text(window.tenant.rawValue), .text(window.meter), .text(window.subject), .text(window.windowSize.rawValue), .timestamptz(window.windowStart),
-                .text(window.groupKey), .text(delta.aggregation.rawValue), .numeric("\(delta.value)"), .numeric("\(delta.total)"), .int64(delta.eventCount),
-                .timestamptz(delta.firstEventAt), .timestamptz(delta.lastEventAt),
+                .text(table.tenants[key.tenant].rawValue), .text(table.meters[key.meter]), .text(table.subjects[key.subject]),
+                .text(key.windowSize.rawValue), .timestamptz(date(microseconds: key.windowStartMicroseconds)), .text(table.groups[key.group]),
+                .text(delta.aggregation.rawValue), .numeric(delta.value.description), .numeric(delta.total.description), .int64(delta.eventCount),
+                .timestamptz(date(microseconds: delta.firstEventMicroseconds)), .timestamptz(date(microseconds: delta.lastEventMicroseconds)),
             ]
         })
 }
@@ -397,69 +364,6 @@ private func recordRejections(_ rejections: [RejectedInput], _ db: isolated Post
     }
 }
 
-/// What a window's deltas add up to: a `UsageRow` without the window's key (`UsageKey`).
-struct WindowDelta {
-    var aggregation: Aggregation
-    var value: Decimal
-    var total: Decimal
-    var eventCount: Int64
-    var firstEventAt: Date
-    var lastEventAt: Date
-    /// For `unique_count`: the values not counted into `value` yet.
-    var distinctValues: Set<String>
-    /// For `unique_count`: the values counted into `value`, new to the window.
-    var newDistinctValues: [String] = []
-
-    init(_ row: UsageRow) {
-        (aggregation, value, total, eventCount) = (row.aggregation, row.value, row.total, row.eventCount)
-        (firstEventAt, lastEventAt, distinctValues) = (row.firstEventAt, row.lastEventAt, row.distinctValues)
-    }
-
-    /// Adds `later`, which follows this delta in the log.
-    mutating func merge(_ later: WindowDelta) {
-        switch aggregation {
-        case .min: value = Swift.min(value, later.value)
-        case .max: value = Swift.max(value, later.value)
-        case .latest: value = later.lastEventAt >= lastEventAt ? later.value : value
-        case .uniqueCount:
-            distinctValues.formUnion(later.distinctValues)
-            newDistinctValues += later.newDistinctValues
-            value += later.value
-        case .count, .sum, .avg: value += later.value
-        }
-        total += later.total
-        eventCount += later.eventCount
-        firstEventAt = Swift.min(firstEventAt, later.firstEventAt)
-        lastEventAt = Swift.max(lastEventAt, later.lastEventAt)
-    }
-}
-
-/// The primary key of a usage window. Its fields are hashed once, when it is made: a merge
-/// looks a key up several times, and a growing table rehashes every key it holds.
-struct UsageKey: Hashable {
-    let tenant: TenantID, meter: String, subject: String, windowSize: UsageRow.WindowSize, windowStart: Date, groupKey: String
-    private let fieldsHash: Int
-
-    init(_ row: UsageRow) {
-        (tenant, meter, subject, windowSize, windowStart, groupKey) = (row.tenant, row.meter, row.subject, row.windowSize, row.windowStart, row.groupKey)
-        var hasher = Hasher()
-        hasher.combine(tenant)
-        hasher.combine(meter)
-        hasher.combine(subject)
-        hasher.combine(windowSize)
-        hasher.combine(windowStart)
-        hasher.combine(groupKey)
-        fieldsHash = hasher.finalize()
-    }
-
-    func hash(into hasher: inout Hasher) { hasher.combine(fieldsHash) }
-
-    static func == (lhs: UsageKey, rhs: UsageKey) -> Bool {
-        lhs.fieldsHash == rhs.fieldsHash && lhs.subject == rhs.subject && lhs.windowStart == rhs.windowStart && lhs.meter == rhs.meter
-            && lhs.windowSize == rhs.windowSize && lhs.tenant == rhs.tenant && lhs.groupKey == rhs.groupKey
-    }
-}
-
 private struct StatsKey: Hashable {
     let tenant: TenantID
     /// Days since 1970-01-01 of the UTC date.
@@ -478,4 +382,9 @@ private struct EventStats {
 /// Microseconds since the epoch, the Sink's exact form of times in COPY data.
 func microseconds(_ date: Date) -> Int64 {
     Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
+}
+
+/// The time `microseconds` after the epoch.
+private func date(microseconds: Int64) -> Date {
+    Date(timeIntervalSince1970: Double(microseconds) / 1_000_000)
 }

@@ -21,8 +21,8 @@ public struct MergedBatch: Sendable {
     /// Usage rows its commit appends to the usage log: one per window.
     public var usageRows: Int { effects.windows }
 
-    /// Readies the batch to wait for its commit in half the memory (its windows leave their
-    /// hash table for a plain list); nothing may merge into it afterwards.
+    /// Readies the batch to wait for its commit in less memory (its windows' hash index goes);
+    /// nothing may merge into it afterwards.
     public mutating func seal() {
         effects.seal()
     }

@@ -68,9 +68,9 @@ public struct UsageRow: Sendable, Equatable {
     public var aggregation: Aggregation
     /// The delta's own aggregate: its count, sum, min, max, latest value or (for `avg`) sum;
     /// for `unique_count`, ignored: the Sink counts the new ones of `distinctValues`.
-    public var value: Decimal
+    public var value: UsageAmount
     /// The sum of the delta's values, from which averages are computed.
-    public var total: Decimal
+    public var total: UsageAmount
     /// Events in the delta.
     public var eventCount: Int64
     public var firstEventAt: Date
@@ -80,7 +80,7 @@ public struct UsageRow: Sendable, Equatable {
 
     public init(
         tenant: TenantID, meter: String, subject: String, windowSize: WindowSize, windowStart: Date, groupKey: String = "",
-        aggregation: Aggregation = .sum, value: Decimal, total: Decimal = 0, eventCount: Int64, firstEventAt: Date, lastEventAt: Date,
+        aggregation: Aggregation = .sum, value: UsageAmount, total: UsageAmount = 0, eventCount: Int64, firstEventAt: Date, lastEventAt: Date,
         distinctValues: Set<String> = []
     ) {
         self.tenant = tenant

@@ -51,7 +51,7 @@ struct ProcessCommand: AsyncParsableCommand {
         var maxBatch = 5_000
 
         @Option(help: "While a backlog waits that would fill it, records each commit lane merges in memory (one usage row per window) before it commits them as one.")
-        var mergeRecords = 100_000
+        var mergeRecords = 200_000
 
         @Option(help: "The most usage windows each commit lane merges in memory before it commits (bounds the memory of merging).")
         var mergeWindows = 250_000

@@ -100,13 +100,14 @@ import TestSupport
         let integers = [Int64.min, Int64.max, 0, -1, 10] + (0..<decimals.count - 5).map { _ in Int64.random(in: .min ... .max, using: &random) }
         try await withLocalPostgres { server in
             let connection = try await PostgresConnection.connect(server.connectionString)
-            try await connection.execute("CREATE TABLE numbers (id bigint PRIMARY KEY, i bigint, d numeric)")
-            try await connection.copy(into: "numbers", columns: ["id", "i", "d"], rows: decimals.indices) { index, fields in
+            try await connection.execute("CREATE TABLE numbers (id bigint PRIMARY KEY, i bigint, d numeric, n numeric)")
+            try await connection.copy(into: "numbers", columns: ["id", "i", "d", "n"], rows: decimals.indices) { index, fields in
                 fields.append(Int64(index))
                 fields.append(integers[index])
                 fields.append(decimals[index])
+                fields.append(numeric: integers[index])
             }
-            let rows = try await connection.query("SELECT id, i, d::text AS d FROM numbers ORDER BY id")
+            let rows = try await connection.query("SELECT id, i, d::text AS d, n::text AS n FROM numbers ORDER BY id")
             #expect(rows.count == decimals.count)
             var mismatches: [String] = []
             for row in rows {
@@ -115,6 +116,9 @@ import TestSupport
                 let storedInteger = try row.int64("i")
                 if stored != decimals[index] || storedInteger != integers[index] {
                     mismatches.append("\(decimals[index]) stored as \(try row.string("d")!)")
+                }
+                if try row.string("n") != String(integers[index]) {
+                    mismatches.append("\(integers[index]) stored as numeric \(try row.string("n")!)")
                 }
             }
             #expect(mismatches.count == 0, "e.g. \(mismatches.prefix(5))")

@@ -9,10 +9,11 @@ import Testing
     static let hour = Date(timeIntervalSince1970: 1_764_288_000)
 
     func delta(
-        _ aggregation: Aggregation, value: Decimal, total: Decimal = 0, count: Int64 = 1, at second: Double = 10, distinct: Set<String> = []
+        _ aggregation: Aggregation, meter: String? = nil, value: UsageAmount, total: UsageAmount = 0, count: Int64 = 1, at second: Double = 10,
+        distinct: Set<String> = []
     ) throws -> UsageRow {
         UsageRow(
-            tenant: try TenantID("acme"), meter: aggregation.rawValue, subject: "customer_1", windowSize: .hour, windowStart: Self.hour,
+            tenant: try TenantID("acme"), meter: meter ?? aggregation.rawValue, subject: "customer_1", windowSize: .hour, windowStart: Self.hour,
             aggregation: aggregation, value: value, total: total, eventCount: count, firstEventAt: Self.hour.addingTimeInterval(second),
             lastEventAt: Self.hour.addingTimeInterval(second), distinctValues: distinct)
     }
@@ -43,6 +44,33 @@ import Testing
                 #expect(try await db.query("SELECT count(*) AS n FROM tenant_acme.usage_folded")[0].int64("n") == 7)
                 try await expectMergedValues(db)
             }
+        }
+    }
+
+    /// Integer amounts that outgrow 64 bits, and integers merged with fractions, come out exact
+    /// whether they merge in memory, in a commit's upsert or in a fold.
+    @Test(arguments: [SinkWriteMethod.loggedDeltas, .stagedUpsert, .pipelinedUpserts])
+    func amountsStayExactPastSixtyFourBitsAndBesideFractions(method: SinkWriteMethod) async throws {
+        try await withSink(writeMethod: method) { sink, db, _ in
+            let half: UsageAmount = .decimal(Decimal(string: "0.5")!)
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
+                try delta(.sum, meter: "past_64_bits", value: .integer(.max), total: .integer(.max)),
+                try delta(.sum, meter: "past_64_bits", value: 2, total: 2),
+                try delta(.sum, meter: "with_fraction", value: 1, total: 1),
+                try delta(.min, meter: "least", value: 2, total: 2),
+            ]))
+            if method == .loggedDeltas { #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 3, complete: true)) }
+            try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [
+                try delta(.sum, meter: "past_64_bits", value: .integer(.max), total: .integer(.max)),
+                try delta(.sum, meter: "with_fraction", value: half, total: half), try delta(.sum, meter: "with_fraction", value: 3, total: 3),
+                try delta(.min, meter: "least", value: .decimal(Decimal(string: "1.5")!)), try delta(.min, meter: "least", value: 3),
+            ]))
+            if method == .loggedDeltas { _ = try await sink.foldLogs() }
+            let rows = try await db.query("SELECT meter, value::text AS value FROM tenant_acme.usage ORDER BY meter")
+            let values = Dictionary(uniqueKeysWithValues: try rows.map { (try $0.string("meter")!, try $0.string("value")!) })
+            #expect(values["past_64_bits"] == "18446744073709551616", "2 × Int64.max + 2")
+            #expect(values["with_fraction"] == "4.5")
+            #expect(values["least"] == "1.5")
         }
     }
 

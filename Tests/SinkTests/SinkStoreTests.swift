@@ -21,7 +21,7 @@ func withSink<T: Sendable>(
     }
 }
 
-func usage(_ tenant: String, meter: String = "api_calls", subject: String = "customer_1", value: Decimal = 5, count: Int64 = 5) throws -> UsageRow {
+func usage(_ tenant: String, meter: String = "api_calls", subject: String = "customer_1", value: UsageAmount = 5, count: Int64 = 5) throws -> UsageRow {
     let start = Date(timeIntervalSince1970: 1_764_288_000)  // 2025-11-28 00:00 UTC
     return UsageRow(
         tenant: try TenantID(tenant), meter: meter, subject: subject, windowSize: .hour, windowStart: start, value: value,
@@ -75,7 +75,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             #expect(owner[partition] == PartitionOwnership(epoch: 1, nextOffset: nil))
             let batch = SinkBatch(
                 consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: 120, epoch: 1)],
-                usage: [try usage("acme", value: Decimal(string: "12.345")!), try usage("globex", subject: "c9", value: 7, count: 7)])
+                usage: [try usage("acme", value: .decimal(Decimal(string: "12.345")!)), try usage("globex", subject: "c9", value: 7, count: 7)])
             try await sink.commit(batch)
             let acme = try await db.query("SELECT value, event_count, first_event_at, last_event_at FROM tenant_acme.usage")
             #expect(acme.count == 1)
@@ -196,7 +196,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             func batch(_ number: Int) throws -> SinkBatch {
                 SinkBatch(
                     consumerGroup: "usage", positions: [partition: CommittedPosition(nextOffset: Int64(number + 1) * 100, epoch: epoch)],
-                    usage: [try usage("acme", subject: "s\(number)", value: Decimal(number), count: Int64(number))])
+                    usage: [try usage("acme", subject: "s\(number)", value: .integer(Int64(number)), count: Int64(number))])
             }
             for number in 0..<5 { try await sink.commit(try batch(number)) }
             try await server.stop(immediate: true)
@@ -268,7 +268,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             let tenants = (0..<40).map { "t\($0)" }
             for (index, tenant) in tenants.enumerated() {
                 try await sink.commit(
-                    SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage(tenant, value: Decimal(index)), try usage(tenant, subject: "customer_2")]))
+                    SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage(tenant, value: .integer(Int64(index))), try usage(tenant, subject: "customer_2")]))
             }
             try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try usage("t0", value: 7)]))
             #expect(try await count("SELECT count(DISTINCT tableoid) AS n FROM tally.usage_log", db) > 16)

@@ -63,7 +63,7 @@ public struct UsageCalculator: Sendable {
         var failures: [MeterFailure] = []
         let time = event.time.date
         for meter in meters {
-            let measured: (value: Decimal, distinct: Set<String>)
+            let measured: (value: UsageAmount, distinct: Set<String>)
             switch measure(meter, in: event.data) {
             case .success(let value): measured = value
             case .failure(let failure): failures.append(failure); continue
@@ -125,7 +125,7 @@ public struct UsageCalculator: Sendable {
         return window.start
     }
 
-    private func measure(_ meter: MeterDefinition, in data: JSONObject) -> Result<(value: Decimal, distinct: Set<String>), MeterFailure> {
+    private func measure(_ meter: MeterDefinition, in data: JSONObject) -> Result<(value: UsageAmount, distinct: Set<String>), MeterFailure> {
         if meter.aggregation == .count { return .success((1, [])) }
         // The value's path as failures name it; built only for them.
         func path() -> String { "data." + meter.valuePath.joined(separator: ".") }
@@ -141,8 +141,8 @@ public struct UsageCalculator: Sendable {
             return .success((0, [String(decoding: writer.bytes, as: UTF8.self)]))
         }
         switch value {
-        case .integer(let number): return .success((Decimal(number), []))
-        case .double(let number): return .success((Decimal(string: number.description) ?? Decimal(number), []))
+        case .integer(let number): return .success((.integer(number), []))
+        case .double(let number): return .success((.decimal(Decimal(string: number.description) ?? Decimal(number)), []))
         default: return .failure(MeterFailure(meter: meter.name, reason: "\(path()) must be a number, not \(value.kindDescription)"))
         }
     }

@@ -27,10 +27,10 @@ public struct UsageProcessorConfiguration: Sendable {
     /// lane's previous commit is done, so merging never holds back records that a smaller
     /// commit would have made visible sooner. Bigger merges append fewer usage log rows when a
     /// stream meets its windows again only many events later.
-    public var mergedRecordsPerCommit = 100_000
+    public var mergedRecordsPerCommit = 200_000
     /// The most windows a lane merges before it commits: what bounds the memory of merging, as
-    /// a lane holds up to two merged batches (one filling, up to ~400 bytes a window; one
-    /// committing, sealed, ~170), besides their event identities (~60 bytes each).
+    /// a lane holds up to two merged batches (one filling, up to ~320 bytes a window; one
+    /// committing, sealed, up to ~220), besides their event identities (~60 bytes each).
     public var mergedWindowsPerCommit = 250_000
     /// Sink connections committing at once. Each lane owns the partitions whose number modulo
     /// this count is its index, so a partition's batches still commit one at a time, in order,
