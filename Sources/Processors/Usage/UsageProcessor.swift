@@ -23,10 +23,11 @@ public struct UsageProcessorConfiguration: Sendable {
     /// While the records waiting in Kafka for the processor (its backlog) would fill it, each
     /// commit lane merges its share of the polls in memory (`SinkStore.merge`: deduplicated, one
     /// usage delta per window) until it holds this many records or `mergedWindowsPerCommit`
-    /// windows, then commits them as one; otherwise a poll's records commit as soon as the
-    /// lane's previous commit is done, so merging never holds back records that a smaller
-    /// commit would have made visible sooner. Bigger merges append fewer usage log rows when a
-    /// stream meets its windows again only many events later.
+    /// windows, then commits them as one, and after such a full batch merges the catch-up's
+    /// tail while polls come back full; otherwise a poll's records commit as soon as the lane's
+    /// previous commit is done, so merging never holds back records that a smaller commit would
+    /// have made visible sooner. Bigger merges append fewer usage log rows when a stream meets
+    /// its windows again only many events later.
     public var mergedRecordsPerCommit = 200_000
     /// The most windows a lane merges before it commits: what bounds the memory of merging, as
     /// a lane holds up to two merged batches (one filling, up to ~320 bytes a window; one
@@ -166,6 +167,10 @@ public final class UsageProcessor: Sendable {
         private var committing: (batch: LaneBatch, commit: Task<Bool, Never>)?
         /// What the lane's commits wrote.
         private(set) var committed = ProcessorProgress()
+        /// Whether the lane merges on while polls come back full, whatever the backlog: after it
+        /// committed a full merged batch. The tail of a catch-up, less than a batch, would
+        /// otherwise commit poll by poll and write its windows to the usage log with every poll.
+        private var mergesWhilePollsAreFull = false
 
         init(store: SinkStore, processor: UsageProcessor) {
             self.store = store
@@ -186,15 +191,17 @@ public final class UsageProcessor: Sendable {
 
         /// Commits the open batch once the previous commit is done, unless the lane merges on:
         /// while its share of the records waiting in Kafka (`backlogShare`) would fill the
-        /// batch, and the batch and the usage log have room (`logFull`). Returns the partitions
-        /// to read again (see `finishCommit`).
-        func commitUnlessMerging(backlogShare: Int, logFull: Bool) async -> Set<LogPartition> {
+        /// batch, or, catching up, while polls come back full (`pollWasFull`), and the batch
+        /// and the usage log have room (`logFull`). Returns the partitions to read again (see
+        /// `finishCommit`).
+        func commitUnlessMerging(backlogShare: Int, pollWasFull: Bool, logFull: Bool) async -> Set<LogPartition> {
             let configuration = processor.configuration
-            let merging = backlogShare >= configuration.mergedRecordsPerCommit - open.progress.records
+            let merging = backlogShare >= configuration.mergedRecordsPerCommit - open.progress.records || (mergesWhilePollsAreFull && pollWasFull)
             let full =
                 open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
                 || logFull
             guard !merging || full else { return [] }
+            mergesWhilePollsAreFull = merging
             let rereading = await finishCommit()
             startCommit(nextExpectingAsMany: merging)
             return rereading
@@ -333,7 +340,8 @@ public final class UsageProcessor: Sendable {
                     }
                 }
                 let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
-                catchingUp.store(records.count == configuration.maximumBatch, ordering: .relaxed)
+                let pollWasFull = records.count == configuration.maximumBatch
+                catchingUp.store(pollWasFull, ordering: .relaxed)
                 // A backlog not known (the client failed to say) merges nothing beyond a poll.
                 let backlog = Int((try? await consumer.backlog()) ?? 0)
                 let shares = Dictionary(grouping: records) { Int($0.partition) % lanes.count }
@@ -348,7 +356,8 @@ public final class UsageProcessor: Sendable {
                 for lane in lanes { rowsToLog += await lane.rowsToLog }
                 for lane in lanes {
                     rereading.formUnion(
-                        await lane.commitUnlessMerging(backlogShare: backlog / lanes.count, logFull: rowsToLog > configuration.maximumUnfoldedRows))
+                        await lane.commitUnlessMerging(
+                            backlogShare: backlog / lanes.count, pollWasFull: pollWasFull, logFull: rowsToLog > configuration.maximumUnfoldedRows))
                 }
                 var totals = ProcessorProgress()
                 for lane in lanes { totals += await lane.committed }
