@@ -5,9 +5,9 @@ import Tenancy
 /// tenant, meter, subject and group key (each name interned once per table) and its start in
 /// microseconds; keys and deltas sit in two dense arrays, in the order the windows were first
 /// met, found through a hash index of the keys that `seal` drops once nothing merges anymore.
-/// A merge of many batches holds hundreds of thousands of windows: this keeps each to about a
-/// third of the memory of a hash table of its names and `Decimal`s, and a key's hashing and
-/// comparing to integers.
+/// A merge of many batches holds hundreds of thousands of windows: this takes a window about
+/// two thirds of the memory of a hash table of names and `Decimal`s, and a key's hashing and
+/// comparing down to integers.
 struct WindowTable {
     /// A window's primary key, its names interned.
     struct Key: Hashable {
