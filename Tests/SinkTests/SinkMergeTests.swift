@@ -65,7 +65,7 @@ import Testing
                 try delta(.sum, meter: "with_fraction", value: half, total: half), try delta(.sum, meter: "with_fraction", value: 3, total: 3),
                 try delta(.min, meter: "least", value: .decimal(Decimal(string: "1.5")!)), try delta(.min, meter: "least", value: 3),
             ]))
-            if method == .loggedDeltas { _ = try await sink.foldLogs() }
+            if method == .loggedDeltas { #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 3, complete: true)) }
             let rows = try await db.query("SELECT meter, value::text AS value FROM tenant_acme.usage ORDER BY meter")
             let values = Dictionary(uniqueKeysWithValues: try rows.map { (try $0.string("meter")!, try $0.string("value")!) })
             #expect(values["past_64_bits"] == "18446744073709551616", "2 × Int64.max + 2")
