@@ -229,7 +229,10 @@ func foldStatsLog(tenants: [TenantID]?, _ db: isolated PostgresConnection) throw
 
 /// Moves the deltas of `tenants` (all when nil) in one partition of the usage log into the
 /// keyed usage tables: merged per window first, then upserted with the same merge as a
-/// commit's, in one statement. Returns the number of log rows moved.
+/// commit's, in one statement. Returns the number of log rows moved. A `latest` window takes
+/// the value of its delta with the latest event, of the later commit on a tie: the greatest
+/// `[last_event_us, commit_seq, value]`, a plain aggregate (an ordered one, as the readers'
+/// view uses, sets up a sort for every window).
 func foldUsageLog(partition: Int, tenants: [TenantID]?, _ db: isolated PostgresConnection) throws -> Int64 {
     try db.query(
         """
@@ -241,7 +244,7 @@ func foldUsageLog(partition: Int, tenants: [TenantID]?, _ db: isolated PostgresC
                        WHEN 'min' THEN min(value)
                        WHEN 'max' THEN max(value)
                        WHEN 'avg' THEN sum(total) / sum(event_count)
-                       WHEN 'latest' THEN (array_agg(value ORDER BY last_event_us DESC, commit_seq DESC) FILTER (WHERE aggregation = 'latest'))[1]
+                       WHEN 'latest' THEN (max(ARRAY[last_event_us, commit_seq, value]) FILTER (WHERE aggregation = 'latest'))[3]
                        ELSE sum(value)
                    END AS value,
                    sum(total) AS total, sum(event_count) AS event_count, min(first_event_us) AS first_event_us,

@@ -74,6 +74,30 @@ import Testing
         }
     }
 
+    /// A `latest` window takes the value of its latest event and, on a tie, of the later commit:
+    /// read from the log, folded from two deltas at once, and folded onto a folded row. The
+    /// later values are the smaller ones, so a merge that compared values would keep 5.
+    @Test func latestTiesGoToTheLaterCommit() async throws {
+        try await withSink(writeMethod: .loggedDeltas) { sink, db, _ in
+            func latest() async throws -> String? {
+                try await db.query("SELECT value::text AS v FROM tenant_acme.usage")[0].string("v")
+            }
+            func commit(_ value: UsageAmount, at second: Double) async throws {
+                try await sink.commit(SinkBatch(consumerGroup: "usage", positions: [:], usage: [try delta(.latest, value: value, at: second)]))
+            }
+            try await commit(5, at: 30)
+            try await commit(2, at: 30)
+            #expect(try await latest() == "2", "from the log")
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 2, complete: true))
+            #expect(try await latest() == "2", "both deltas folded in one statement")
+            try await commit(1, at: 30)
+            try await commit(9, at: 10)
+            #expect(try await latest() == "1", "the folded row and the log")
+            #expect(try await sink.foldLogs() == FoldResult(usageRowsFolded: 2, complete: true))
+            #expect(try await latest() == "1", "folded onto the folded row; the event at second 10 is older")
+        }
+    }
+
     /// The values of both batches merged, as tenant acme's reader sees them.
     func expectMergedValues(_ db: PostgresConnection) async throws {
         let rows = try await db.query("SELECT meter, value::text AS value, event_count, last_event_at FROM tenant_acme.usage ORDER BY meter")
