@@ -191,10 +191,11 @@ public actor KafkaConsumer {
         return Set(topicPartitions(list).map(\.0))
     }
 
-    /// Records of the assigned partitions that `poll` has not returned yet, as far as this
-    /// client knows: per partition, the high watermark its last fetch saw less its position
-    /// (librdkafka's cached values; no request goes out). A partition not fetched yet counts 0.
-    public func backlog() throws(KafkaError) -> Int64 {
+    /// Records of each assigned partition that `poll` has not returned yet, as far as this
+    /// client knows: the high watermark its last fetch saw less its position (librdkafka's
+    /// cached values; no request goes out). Left out: partitions with none, and those `poll`
+    /// has returned nothing from since their assignment (their position is not known yet).
+    public func backlog() throws(KafkaError) -> [TopicPartition: Int64] {
         try checkOpen()
         var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
         let code = rd_kafka_assignment(handle.pointer, &list)
@@ -202,13 +203,13 @@ public actor KafkaConsumer {
         defer { rd_kafka_topic_partition_list_destroy(list) }
         let positions = rd_kafka_position(handle.pointer, list)
         guard positions == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(code: positions, context: "read positions") }
-        var total: Int64 = 0
+        var backlog: [TopicPartition: Int64] = [:]
         for (partition, position, _) in topicPartitions(list) where position >= 0 {
             var (low, high): (Int64, Int64) = (0, 0)
             let watermarks = rd_kafka_get_watermark_offsets(handle.pointer, partition.topic, partition.partition, &low, &high)
-            if watermarks == RD_KAFKA_RESP_ERR_NO_ERROR, high > position { total += high - position }
+            if watermarks == RD_KAFKA_RESP_ERR_NO_ERROR, high > position { backlog[partition] = high - position }
         }
-        return total
+        return backlog
     }
 
     /// Leaves the group (serving the final revocation through the listener) and frees the client.

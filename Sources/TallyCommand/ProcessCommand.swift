@@ -50,7 +50,7 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Most records per poll.")
         var maxBatch = 5_000
 
-        @Option(help: "While a backlog waits that would fill it, records each commit lane merges in memory (one usage row per window) before it commits them as one; after such a full batch, the lane also merges the rest of the catch-up while polls come back full.")
+        @Option(help: "While a backlog waits in its partitions that would fill it, records each commit lane merges in memory (one usage row per window) before it commits them as one; after such a full batch, the lane also merges the rest of the catch-up while more than a poll's records wait in its partitions.")
         var mergeRecords = 200_000
 
         @Option(help: "The most usage windows each commit lane merges in memory before it commits (bounds the memory of merging).")

@@ -144,23 +144,43 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         await consumer.close()
     }
 
-    /// The backlog is what the assigned partitions hold past what `poll` returned: here the 100
-    /// records of one partition less those polled, then none.
-    @Test func backlogCountsTheRecordsNotPolledYet() async throws {
+    /// The backlog is what each assigned partition holds past what `poll` returned: here 100
+    /// and 40 records less those polled from each, once a partition has returned any (before,
+    /// its position is not known), then none.
+    @Test func backlogCountsEachPartitionsRecordsNotPolledYet() async throws {
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }
-        try cluster.createTopic("waiting", partitions: 1, replicationFactor: 1)
-        try await produce(100, to: "waiting", bootstrap: cluster.bootstrapServers)
+        try cluster.createTopic("waiting", partitions: 2, replicationFactor: 1)
+        let produced = [TopicPartition(topic: "waiting", partition: 0): Int64(100), TopicPartition(topic: "waiting", partition: 1): 40]
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        let sent = await producer.send(produced.flatMap { partition, count in
+            (0..<count).map { ProducerRecord(topic: "waiting", partition: partition.partition, key: nil, value: Array("\($0)".utf8)) }
+        })
+        await producer.close()
+        for result in sent { _ = try result.get() }
         let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "backlog"))
         try await consumer.subscribe(["waiting"])
-        #expect(try await consumer.backlog() == 0)
-        var polled = 0
-        let deadline = ContinuousClock.now + .seconds(60)
-        while polled < 30, ContinuousClock.now < deadline { polled += try await consumer.poll(maxRecords: min(10, 30 - polled), timeout: .milliseconds(100)).count }
-        #expect(polled == 30)
-        #expect(try await consumer.backlog() == 70)
-        while polled < 100, ContinuousClock.now < deadline { polled += try await consumer.poll(maxRecords: 50, timeout: .milliseconds(100)).count }
-        #expect(try await consumer.backlog() == 0)
+        #expect(try await consumer.backlog() == [:])
+        var polled: [TopicPartition: Int64] = [:]
+        func pollUntil(_ done: () -> Bool) async throws {
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !done(), ContinuousClock.now < deadline {
+                for record in try await consumer.poll(maxRecords: 10, timeout: .milliseconds(100)) {
+                    polled[TopicPartition(topic: record.topic, partition: record.partition), default: 0] += 1
+                }
+            }
+        }
+        func expectedBacklog() -> [TopicPartition: Int64] {
+            Dictionary(uniqueKeysWithValues: polled.map { ($0.key, produced[$0.key]! - $0.value) }.filter { $0.1 > 0 })
+        }
+        try await pollUntil { polled.values.reduce(0, +) >= 30 }
+        #expect(polled.values.reduce(0, +) == 30)
+        #expect(try await consumer.backlog() == expectedBacklog())
+        try await pollUntil { polled.count == 2 }
+        #expect(try await consumer.backlog() == expectedBacklog())
+        try await pollUntil { polled.values.reduce(0, +) == 140 }
+        #expect(polled == produced)
+        #expect(try await consumer.backlog() == [:])
         await consumer.close()
     }
 

@@ -20,14 +20,15 @@ public struct UsageProcessorConfiguration: Sendable {
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
     /// Most records per poll.
     public var maximumBatch = 5_000
-    /// While the records waiting in Kafka for the processor (its backlog) would fill it, each
-    /// commit lane merges its share of the polls in memory (`SinkStore.merge`: deduplicated, one
-    /// usage delta per window) until it holds this many records or `mergedWindowsPerCommit`
-    /// windows, then commits them as one, and after such a full batch merges the catch-up's
-    /// tail while polls come back full; otherwise a poll's records commit as soon as the lane's
-    /// previous commit is done, so merging never holds back records that a smaller commit would
-    /// have made visible sooner. Bigger merges append fewer usage log rows when a stream meets
-    /// its windows again only many events later.
+    /// While the records waiting in Kafka in a commit lane's partitions (its backlog) would
+    /// fill it, the lane merges its share of the polls in memory (`SinkStore.merge`:
+    /// deduplicated, one usage delta per window) until it holds this many records or
+    /// `mergedWindowsPerCommit` windows, then commits them as one, and after such a full batch
+    /// merges the catch-up's tail while more than a poll's records wait in its partitions
+    /// (`LaneMergeRule`); otherwise a poll's records commit as soon as the lane's previous
+    /// commit is done, so merging never holds back records that a smaller commit would have
+    /// made visible sooner, nor waits for a backlog in another lane's partitions. Bigger merges
+    /// append fewer usage log rows when a stream meets its windows again only many events later.
     public var mergedRecordsPerCommit = 200_000
     /// The most windows a lane merges before it commits: what bounds the memory of merging, as
     /// a lane holds up to two merged batches (one filling, up to ~320 bytes a window; one
@@ -167,15 +168,13 @@ public final class UsageProcessor: Sendable {
         private var committing: (batch: LaneBatch, commit: Task<Bool, Never>)?
         /// What the lane's commits wrote.
         private(set) var committed = ProcessorProgress()
-        /// Whether the lane merges on while polls come back full, whatever the backlog: after it
-        /// committed a full merged batch. The tail of a catch-up, less than a batch, would
-        /// otherwise commit poll by poll and write its windows to the usage log with every poll.
-        private var mergesWhilePollsAreFull = false
+        private var mergeRule: LaneMergeRule
 
         init(store: SinkStore, processor: UsageProcessor) {
             self.store = store
             self.processor = processor
             open = processor.newLaneBatch()
+            mergeRule = LaneMergeRule(processor.configuration)
         }
 
         /// Usage rows merged or committing, on their way to the usage log.
@@ -189,21 +188,16 @@ public final class UsageProcessor: Sendable {
             return await merge(batch)
         }
 
-        /// Commits the open batch once the previous commit is done, unless the lane merges on:
-        /// while its share of the records waiting in Kafka (`backlogShare`) would fill the
-        /// batch, or, catching up, while polls come back full (`pollWasFull`), and the batch
-        /// and the usage log have room (`logFull`). Returns the partitions to read again (see
+        /// Commits the open batch once the previous commit is done, unless the lane merges on
+        /// (`LaneMergeRule`, from the records waiting in the lane's partitions, `backlog`, and
+        /// whether the usage log is full, `logFull`). Returns the partitions to read again (see
         /// `finishCommit`).
-        func commitUnlessMerging(backlogShare: Int, pollWasFull: Bool, logFull: Bool) async -> Set<LogPartition> {
-            let configuration = processor.configuration
-            let merging = backlogShare >= configuration.mergedRecordsPerCommit - open.progress.records || (mergesWhilePollsAreFull && pollWasFull)
-            let full =
-                open.progress.records >= configuration.mergedRecordsPerCommit || open.merged.usageRows >= configuration.mergedWindowsPerCommit
-                || logFull
-            guard !merging || full else { return [] }
-            mergesWhilePollsAreFull = merging
+        func commitUnlessMerging(backlog: Int, logFull: Bool) async -> Set<LogPartition> {
+            let (records, windows) = (open.progress.records, open.merged.usageRows)
+            guard mergeRule.commits(records: records, windows: windows, backlog: backlog, logFull: logFull) else { return [] }
+            mergeRule.committed(records: records, backlog: backlog)
             let rereading = await finishCommit()
-            startCommit(nextExpectingAsMany: merging)
+            startCommit(nextExpectingAsMany: mergeRule.mergesTail)
             return rereading
         }
 
@@ -343,7 +337,7 @@ public final class UsageProcessor: Sendable {
                 let pollWasFull = records.count == configuration.maximumBatch
                 catchingUp.store(pollWasFull, ordering: .relaxed)
                 // A backlog not known (the client failed to say) merges nothing beyond a poll.
-                let backlog = Int((try? await consumer.backlog()) ?? 0)
+                let backlogs = LaneMergeRule.laneBacklogs((try? await consumer.backlog()) ?? [:], lanes: lanes.count)
                 let shares = Dictionary(grouping: records) { Int($0.partition) % lanes.count }
                 var rereading = try await withThrowingTaskGroup(of: Set<LogPartition>.self) { group in
                     for (lane, records) in shares {
@@ -354,10 +348,8 @@ public final class UsageProcessor: Sendable {
                 // Rows on their way to the usage log count towards its bound.
                 var rowsToLog = unfoldedRows.load(ordering: .relaxed)
                 for lane in lanes { rowsToLog += await lane.rowsToLog }
-                for lane in lanes {
-                    rereading.formUnion(
-                        await lane.commitUnlessMerging(
-                            backlogShare: backlog / lanes.count, pollWasFull: pollWasFull, logFull: rowsToLog > configuration.maximumUnfoldedRows))
+                for (lane, backlog) in zip(lanes, backlogs) {
+                    rereading.formUnion(await lane.commitUnlessMerging(backlog: backlog, logFull: rowsToLog > configuration.maximumUnfoldedRows))
                 }
                 var totals = ProcessorProgress()
                 for lane in lanes { totals += await lane.committed }
