@@ -162,10 +162,12 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         try await consumer.subscribe(["waiting"])
         #expect(try await consumer.backlog() == [:])
         var polled: [TopicPartition: Int64] = [:]
-        func pollUntil(_ done: () -> Bool) async throws {
+        func total() -> Int64 { polled.values.reduce(0, +) }
+        /// Polls up to 10 records at a time, never past `limit` in all, until `done`.
+        func pollUntil(atMost limit: Int64 = 140, _ done: () -> Bool) async throws {
             let deadline = ContinuousClock.now + .seconds(60)
-            while !done(), ContinuousClock.now < deadline {
-                for record in try await consumer.poll(maxRecords: 10, timeout: .milliseconds(100)) {
+            while !done(), total() < limit, ContinuousClock.now < deadline {
+                for record in try await consumer.poll(maxRecords: Int(min(10, limit - total())), timeout: .milliseconds(100)) {
                     polled[TopicPartition(topic: record.topic, partition: record.partition), default: 0] += 1
                 }
             }
@@ -173,12 +175,12 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         func expectedBacklog() -> [TopicPartition: Int64] {
             Dictionary(uniqueKeysWithValues: polled.map { ($0.key, produced[$0.key]! - $0.value) }.filter { $0.1 > 0 })
         }
-        try await pollUntil { polled.values.reduce(0, +) >= 30 }
-        #expect(polled.values.reduce(0, +) == 30)
+        try await pollUntil(atMost: 30) { false }
+        #expect(total() == 30)
         #expect(try await consumer.backlog() == expectedBacklog())
         try await pollUntil { polled.count == 2 }
         #expect(try await consumer.backlog() == expectedBacklog())
-        try await pollUntil { polled.values.reduce(0, +) == 140 }
+        try await pollUntil { false }
         #expect(polled == produced)
         #expect(try await consumer.backlog() == [:])
         await consumer.close()
