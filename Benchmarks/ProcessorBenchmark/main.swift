@@ -347,12 +347,13 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     }
 
     /// Waits until the usage log is empty, looking every 100 ms and printing about what is left
-    /// every 2 s; gives up when a fold interval and the deferral limit have passed twice over
-    /// with no fold emptying it.
+    /// every 2 s; gives up when twice the deferral limit and the fold interval, and 10 s more,
+    /// pass without a partition of the log emptied.
     private func waitForFoldedLog(server: LocalPostgresServer) async throws {
         print("waiting for the processor to fold the usage log …")
         let db = try await PostgresConnection.connect(server.connectionString)
-        let deadline = ContinuousClock.now + .seconds(2 * foldDeferralSeconds) + .milliseconds(2 * foldIntervalMs)
+        let patience = Duration.seconds(2 * foldDeferralSeconds + 10) + .milliseconds(2 * foldIntervalMs)
+        var deadline = ContinuousClock.now + patience
         var lastReport = ContinuousClock.now
         do {
             // Every event is committed, so a partition found empty stays empty. Each is looked
@@ -365,6 +366,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
                 for part in unfolded where try await db.query("SELECT EXISTS (SELECT FROM \(part)) AS waiting")[0].bool("waiting") == true {
                     stillUnfolded.append(part)
                 }
+                if stillUnfolded.count < unfolded.count { deadline = .now + patience }
                 unfolded = stillUnfolded
                 guard !unfolded.isEmpty else { break }
                 guard ContinuousClock.now < deadline else {
