@@ -38,9 +38,9 @@ import Testing
         rule.committed(records: 1_000, backlog: 700)
         #expect(rule.mergesTail)
         #expect(!rule.commits(records: 300, windows: 200, backlog: 400, logFull: false))
-        #expect(!rule.commits(records: 600, windows: 400, backlog: 100, logFull: false))
-        #expect(rule.commits(records: 650, windows: 420, backlog: 50, logFull: false))
-        rule.committed(records: 650, backlog: 50)
+        #expect(!rule.commits(records: 600, windows: 400, backlog: 101, logFull: false))
+        #expect(rule.commits(records: 650, windows: 420, backlog: 100, logFull: false), "a poll's records, no more")
+        rule.committed(records: 650, backlog: 100)
         #expect(!rule.mergesTail)
         #expect(rule.commits(records: 100, windows: 80, backlog: 400, logFull: false))
     }

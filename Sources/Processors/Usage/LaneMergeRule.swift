@@ -7,7 +7,7 @@ import Kafka
 struct LaneMergeRule: Sendable {
     let mergedRecordsPerCommit: Int
     let mergedWindowsPerCommit: Int
-    /// Most records a poll returns: a backlog below this is a catch-up's end.
+    /// Most records a poll returns: a backlog of no more than this is a catch-up's end.
     let maximumBatch: Int
     /// Set when the lane commits a full merged batch: it merges the rest of the catch-up too,
     /// which would otherwise, shorter than a batch, commit poll by poll and write its windows
@@ -35,7 +35,7 @@ struct LaneMergeRule: Sendable {
     /// Merging goes on while the backlog would fill the batch, or, after a full merged batch,
     /// while more than a poll's records wait.
     private func merges(records: Int, backlog: Int) -> Bool {
-        backlog >= mergedRecordsPerCommit - records || (mergesTail && backlog >= maximumBatch)
+        backlog >= mergedRecordsPerCommit - records || (mergesTail && backlog > maximumBatch)
     }
 
     /// Each lane's backlog: the records waiting in the partitions it owns (partition number
