@@ -169,7 +169,9 @@ public actor KafkaConsumer {
         }
     }
 
-    /// Stops fetching these partitions until `resume`; their assignment is kept.
+    /// Stops fetching these partitions until `resume`; their assignment is kept. Records of
+    /// theirs fetched and not polled yet are dropped: `resume` fetches them again, from after
+    /// the last record `poll` returned.
     public func pause(_ partitions: [TopicPartition]) throws(KafkaError) {
         try checkOpen()
         try changeFetching(partitions, name: "pause", rd_kafka_pause_partitions)

@@ -186,6 +186,37 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         await consumer.close()
     }
 
+    /// The processor pauses a lane's partitions with records fetched but not polled yet: they
+    /// are dropped, and fetched again on resume, right after the last record polled.
+    @Test func aPartitionPausedMidFetchResumesAfterTheLastRecordPolled() async throws {
+        let cluster = try MockCluster(brokers: 1)
+        defer { cluster.shutdown() }
+        try cluster.createTopic("midway", partitions: 1, replicationFactor: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
+        for result in await producer.send((0..<1000).map { ProducerRecord(topic: "midway", partition: 0, key: nil, value: Array("\($0)".utf8)) }) {
+            _ = try result.get()
+        }
+        await producer.close()
+        let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "midway"))
+        try await consumer.subscribe(["midway"])
+        var offsets: [Int64] = []
+        let deadline = ContinuousClock.now + .seconds(60)
+        while offsets.count < 100, ContinuousClock.now < deadline {
+            offsets += try await consumer.poll(maxRecords: 100 - offsets.count, timeout: .milliseconds(100)).map(\.offset)
+        }
+        let partition = TopicPartition(topic: "midway", partition: 0)
+        // One fetch brought all 1 000 records (librdkafka fetches up to 1 MiB a partition).
+        #expect(try await consumer.backlog() == [partition: 900])
+        try await consumer.pause([partition])
+        for _ in 0..<3 { #expect(try await consumer.poll(maxRecords: 100, timeout: .milliseconds(100)).isEmpty) }
+        try await consumer.resume([partition])
+        while offsets.count < 1000, ContinuousClock.now < deadline {
+            offsets += try await consumer.poll(maxRecords: 200, timeout: .milliseconds(100)).map(\.offset)
+        }
+        #expect(offsets == Array(0..<1000))
+        await consumer.close()
+    }
+
     @Test func pausedPartitionsDeliverNothingUntilResumed() async throws {
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }
