@@ -59,6 +59,9 @@ struct ProcessCommand: AsyncParsableCommand {
         @Option(help: "Postgres connections committing batches side by side, each for its share of the partitions.")
         var commitLanes = 2
 
+        @Option(help: "Records polled for a commit lane and not yet taken by it, past which its partitions pause until it is down to half.")
+        var laneQueueLimit = 50_000
+
         @Option(name: .customLong("fold-interval-ms"), help: "Milliseconds between folds of the usage and stats logs into the keyed tables.")
         var foldIntervalMilliseconds = 1_000
 
@@ -76,9 +79,9 @@ struct ProcessCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard graceDays > 0, dedupeDays >= graceDays else { throw ValidationError("--grace-days must be positive and at most --dedupe-days") }
-            guard maxBatch > 0, mergeRecords > 0, mergeWindows > 0, commitLanes > 0, foldConnections > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
+            guard maxBatch > 0, mergeRecords > 0, mergeWindows > 0, commitLanes > 0, laneQueueLimit > 0, foldConnections > 0, sessionTimeout > 0, foldIntervalMilliseconds > 0, maxUnfoldedRows > 0, foldDeferralSeconds >= 0 else {
                 throw ValidationError(
-                    "--max-batch, --merge-records, --merge-windows, --commit-lanes, --fold-connections, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
+                    "--max-batch, --merge-records, --merge-windows, --commit-lanes, --lane-queue-limit, --fold-connections, --session-timeout, --fold-interval-ms and --max-unfolded-rows must be positive, --fold-deferral-seconds not negative")
             }
         }
 
@@ -93,6 +96,7 @@ struct ProcessCommand: AsyncParsableCommand {
             configuration.mergedRecordsPerCommit = mergeRecords
             configuration.mergedWindowsPerCommit = mergeWindows
             configuration.commitLanes = commitLanes
+            configuration.laneQueueLimit = laneQueueLimit
             configuration.foldInterval = .milliseconds(foldIntervalMilliseconds)
             configuration.foldDeferralLimit = .seconds(foldDeferralSeconds)
             configuration.foldConnections = foldConnections

@@ -60,12 +60,7 @@ import Testing
     /// librdkafka's mock keeps at most 5 MiB per partition and drops the oldest records beyond
     /// that. None may be gone before the processors committed it.
     func expectNoRecordDroppedUnprocessed(_ world: World) async throws {
-        let db = try await PostgresConnection.connect(world.server.connectionString)
-        var committed: [Int32: Int64] = [:]
-        for row in try await db.query("SELECT partition, next_offset FROM tally.offsets WHERE consumer_group = 'usage' AND topic = 'events'") {
-            committed[Int32(try row.int64("partition")!)] = try row.int64("next_offset")!
-        }
-        await db.close()
+        let committed = try await committedOffsets(world)
         let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: world.bootstrap))
         for partition in Int32(0)..<4 {
             let low = try await admin.watermarks(of: TopicPartition(topic: "events", partition: partition)).low
@@ -292,10 +287,75 @@ import Testing
         }
     }
 
+    /// A commit lane that waits for Postgres (here for a lock on its partitions' owner rows,
+    /// as a slow commit or a flood would keep it) holds up neither polling nor the other lane:
+    /// the other lane's partitions commit everything produced meanwhile, while the waiting
+    /// lane's partitions are paused past `--lane-queue-limit`; once the lock goes, every
+    /// record commits and the results are exact.
+    @Test func aLaneWaitingForPostgresHoldsUpNoOtherLane() async throws {
+        try await withWorld(events: 20_000) { world in
+            let records = world.oracle.records
+            let half = records.count / 2
+            try await produce(records[..<half], world)
+            try await withProcessor(world, maxBatch: 500, options: ["--commit-lanes", "2", "--lane-queue-limit", "1000"]) { processor in
+                try await waitForCommittedRecords(half, world)
+                let lock = try await PostgresConnection.connect(world.server.connectionString)
+                try await lock.execute("BEGIN")
+                // Lane 0 owns partitions 0 and 2; its next commit waits for these rows.
+                _ = try await lock.query(
+                    "SELECT epoch FROM tally.partition_owners WHERE consumer_group = 'usage' AND topic = 'events' AND partition IN (0, 2) FOR UPDATE")
+                let lockedAt = try await committedOffsets(world)
+                try await produce(records[half...], world)
+                let ends = try await highWatermarks(world)
+                #expect(ends[0]! > lockedAt[0] ?? 0 || ends[2]! > lockedAt[2] ?? 0, "the locked lane has records to wait with")
+                let deadline = ContinuousClock.now + .seconds(120)
+                while try await committedOffsets(world).filter({ $0.key % 2 == 1 }) != ends.filter({ $0.key % 2 == 1 }) {
+                    guard ContinuousClock.now < deadline else {
+                        Issue.record("lane 1 did not commit its partitions while lane 0 waited")
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                let whileLocked = try await committedOffsets(world)
+                #expect(whileLocked[0] == lockedAt[0] && whileLocked[2] == lockedAt[2], "lane 0 committed nothing while it waited")
+                try await lock.execute("ROLLBACK")
+                await lock.close()
+                try await waitForCommittedRecords(records.count, world)
+                try processor.send(signal: .terminate)
+            }
+            try await compare(world)
+        }
+    }
+
+    /// The Sink's next offset to read of each partition of `events` for group `usage`.
+    func committedOffsets(_ world: World) async throws -> [Int32: Int64] {
+        let db = try await PostgresConnection.connect(world.server.connectionString)
+        var offsets: [Int32: Int64] = [:]
+        for row in try await db.query("SELECT partition, next_offset FROM tally.offsets WHERE consumer_group = 'usage' AND topic = 'events'") {
+            offsets[Int32(try row.int64("partition")!)] = try row.int64("next_offset")!
+        }
+        await db.close()
+        return offsets
+    }
+
+    /// The high watermark of each partition of `events`, leaving out empty ones.
+    func highWatermarks(_ world: World) async throws -> [Int32: Int64] {
+        let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: world.bootstrap))
+        var ends: [Int32: Int64] = [:]
+        for partition in Int32(0)..<4 {
+            let high = try await admin.watermarks(of: TopicPartition(topic: "events", partition: partition)).high
+            if high > 0 { ends[partition] = high }
+        }
+        await admin.close()
+        return ends
+    }
+
     /// With folds deferred for the whole catch-up, the usage log would take every batch's
     /// deltas until the topic is read; with `--max-unfolded-rows` the processor stops polling
-    /// until a fold completes, so the log never holds more than the bound plus what the polls
-    /// read before the processor sees it passed (at most three), and the results stay exact.
+    /// until a fold completes, so the log never holds more than the bound plus what was polled
+    /// before the processor saw it passed: in each lane, what it merged in its last round
+    /// before it saw the log full, and what waited in its queue (at most `--lane-queue-limit`
+    /// and a poll's records). The results stay exact.
     @Test func theUsageLogStaysBoundedWhileFoldsAreDeferred() async throws {
         try await withWorld(events: 30_000) { world in
             let db = try await PostgresConnection.connect(world.server.connectionString)
@@ -313,10 +373,13 @@ import Testing
                     FOR EACH STATEMENT EXECUTE FUNCTION record_usage_log_peak();
                 """)
             try await produce(world.oracle.records[...], world)
-            let (bound, maxBatch) = (10_000, 500)
+            let (bound, maxBatch, lanes, queueLimit) = (10_000, 500, 2, 500)
             try await withProcessor(
                 world, maxBatch: maxBatch,
-                options: ["--max-unfolded-rows", String(bound), "--fold-deferral-seconds", "3600", "--fold-interval-ms", "100"]
+                options: [
+                    "--max-unfolded-rows", String(bound), "--fold-deferral-seconds", "3600", "--fold-interval-ms", "100", "--commit-lanes", String(lanes),
+                    "--lane-queue-limit", String(queueLimit),
+                ]
             ) { processor in
                 try await waitForCommittedRecords(world.oracle.records.count, world)
                 try processor.send(signal: .terminate)
@@ -325,7 +388,7 @@ import Testing
             await db.close()
             let rowsPerEvent = UsageOracle.meterSpecs.reduce(0) { $0 + $1.windows.count }
             #expect(peak > 0)
-            #expect(peak <= Int64(bound + 3 * maxBatch * rowsPerEvent), "the usage log held \(peak) rows")
+            #expect(peak <= Int64(bound + 2 * lanes * (queueLimit + maxBatch) * rowsPerEvent), "the usage log held \(peak) rows")
             try await compare(world)
         }
     }

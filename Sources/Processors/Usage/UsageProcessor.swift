@@ -36,15 +36,22 @@ public struct UsageProcessorConfiguration: Sendable {
     public var mergedWindowsPerCommit = 250_000
     /// Sink connections committing at once. Each lane owns the partitions whose number modulo
     /// this count is its index, so a partition's batches still commit one at a time, in order,
-    /// and prepares and merges its share of every poll side by side with the other lanes.
+    /// and prepares, merges and commits its share of every poll on a task of its own, side by
+    /// side with the other lanes: a lane waiting for Postgres holds up no other.
     public var commitLanes = 2
+    /// Records polled for a lane and not yet taken by it, past which the lane's partitions are
+    /// paused (until it is down to half): what bounds the memory of a lane that falls behind
+    /// while polling goes on for the others. Paused partitions resume after the last record
+    /// polled; what librdkafka had fetched beyond is fetched again.
+    public var laneQueueLimit = 50_000
     /// How often the processor folds the Sink's usage and stats logs into the keyed tables (on
     /// connections of its own, `foldConnections`); readers see the same values either way.
     public var foldInterval: Duration = .seconds(1)
     /// Sink connections a fold uses side by side, each folding its share of the logs' parts,
     /// so a fold can use that many of Postgres's cores.
     public var foldConnections = 2
-    /// While the processor is catching up (its polls return full batches), folds wait, so
+    /// While the processor is catching up (its polls return full batches, or more than a
+    /// poll's records wait in Kafka and the lanes' queues), folds wait, so
     /// the commits have the machine to themselves, but never longer than this since the last
     /// fold, so folding goes on under sustained load.
     public var foldDeferralLimit: Duration = .seconds(30)
@@ -77,11 +84,20 @@ public final class UsageProcessor: Sendable {
     private let calculator: Mutex<UsageCalculator>
     private let logger: Logger
     private let progress: @Sendable (ProcessorProgress) -> Void
-    /// Whether the last poll returned a full batch: records are waiting.
+    /// Whether the last poll returned a full batch, or more than a poll's records wait.
     private let catchingUp = Atomic<Bool>(false)
     /// Usage rows this processor's commits added to the Sink's usage log since its last
     /// complete fold.
     private let unfoldedRows = Atomic<Int>(0)
+    /// Usage rows merged or committing in the lanes, on their way to the usage log.
+    private let rowsInLanes = Atomic<Int>(0)
+    /// Each lane's backlog as of the last poll (`LaneMergeRule.laneBacklogs`).
+    private let laneBacklogs = Mutex<[Int]>([])
+    /// Partitions the lanes need read again from the Sink's offsets; the poll loop moves the
+    /// consumer back before its next poll.
+    private let rewindRequests = Mutex<Set<LogPartition>>([])
+    /// What the lanes' commits wrote.
+    private let committedTotals = Mutex(ProcessorProgress())
 
     public init(
         configuration: UsageProcessorConfiguration, sink: SinkStore, calculator: UsageCalculator, logger: Logger = Logger(label: "tally.usage"),
@@ -111,12 +127,14 @@ public final class UsageProcessor: Sendable {
             bootstrapServers: configuration.bootstrapServers, enqueueTimeout: .seconds(30), topics: [configuration.deadLetterTopic])
         let deadLetters = try KafkaProducer(configuration: producerConfiguration, logger: logger)
         let folding = (0..<max(1, configuration.foldConnections)).map { _ in sink.withOwnConnection() }
-        let lanes = [sink] + (1..<max(1, configuration.commitLanes)).map { _ in sink.withOwnConnection() }
+        // The processor's own connection serves ownership and rewinds: a lane waiting for a
+        // commit holds up neither.
+        let lanes = (0..<max(1, configuration.commitLanes)).map { _ in sink.withOwnConnection() }
         func closeAll() async {
             await consumer.close()
             await deadLetters.close()
             for store in folding { await store.close() }
-            for lane in lanes.dropFirst() { await lane.close() }
+            for lane in lanes { await lane.close() }
         }
         do {
             try await consumer.subscribe([configuration.topic])
@@ -159,18 +177,27 @@ public final class UsageProcessor: Sendable {
     }
 
     /// A commit lane: its Sink store, the batch merging its share of the polls, and its commit
-    /// in flight. Lanes own disjoint partitions, so they prepare and merge their shares of a
-    /// poll side by side; `process` calls one lane's methods one at a time.
+    /// in flight. Lanes own disjoint partitions and work side by side, each on a task of its
+    /// own that takes the poll loop's work from its inbox (`run`), so a lane waiting for
+    /// Postgres holds up neither polling nor the other lanes.
     private actor Lane {
+        /// The lane owns the partitions whose number modulo the lane count is this.
+        let index: Int
+        /// The poll loop's work for this lane.
+        nonisolated let inbox = LaneInbox()
         private let store: SinkStore
         private let processor: UsageProcessor
         private var open: LaneBatch
         private var committing: (batch: LaneBatch, commit: Task<Bool, Never>)?
-        /// What the lane's commits wrote.
-        private(set) var committed = ProcessorProgress()
         private var mergeRule: LaneMergeRule
+        /// Partitions to read again from the Sink's offsets: their records are dropped until
+        /// the poll loop says the consumer moved back.
+        private var awaitingRewind: Set<LogPartition> = []
+        /// `rowsToLog` as last added to the processor's `rowsInLanes`.
+        private var reportedRowsToLog = 0
 
-        init(store: SinkStore, processor: UsageProcessor) {
+        init(index: Int, store: SinkStore, processor: UsageProcessor) {
+            self.index = index
             self.store = store
             self.processor = processor
             open = processor.newLaneBatch()
@@ -178,21 +205,50 @@ public final class UsageProcessor: Sendable {
         }
 
         /// Usage rows merged or committing, on their way to the usage log.
-        var rowsToLog: Int { open.merged.usageRows + (committing?.batch.merged.usageRows ?? 0) }
+        private var rowsToLog: Int { open.merged.usageRows + (committing?.batch.merged.usageRows ?? 0) }
+
+        /// Takes the poll loop's work until the inbox is finished or the task cancelled, then
+        /// stops: the commit in flight ends, then what the lane merged commits, once.
+        func run(deadLetters: KafkaProducer) async {
+            working: while let works = await inbox.takeAll() {
+                for work in works {
+                    switch work {
+                    case .rewound(let partitions):
+                        awaitingRewind.subtract(partitions)
+                    case .records(let records, let epochs):
+                        // Records polled before the consumer moved back come again after it.
+                        let current = awaitingRewind.isEmpty
+                            ? records : records.filter { !awaitingRewind.contains(LogPartition(topic: $0.topic, partition: $0.partition)) }
+                        guard !current.isEmpty else { continue }
+                        do {
+                            readAgain(try await take(current, epochs: epochs, deadLetters: deadLetters))
+                        } catch {
+                            break working  // cancelled while dead letters waited for the broker
+                        }
+                    }
+                }
+                // Records queued behind this work wait as much as those still in Kafka.
+                let backlog = processor.laneBacklogs.withLock { $0[index] } + inbox.queuedRecords
+                readAgain(await commitUnlessMerging(backlog: backlog, logFull: processor.usageLogFull))
+                reportRowsToLog()
+            }
+            await stop()
+            reportRowsToLog()
+        }
 
         /// Prepares the lane's share of a poll, sends its dead letters and merges the rest into
         /// the open batch. Returns the partitions to read again (see `merge`).
-        func take(_ records: [ConsumerRecord], ownership: SinkOwnership, deadLetters: KafkaProducer) async throws -> Set<LogPartition> {
-            let batch = processor.prepare(records, ownership: ownership)
+        private func take(_ records: [ConsumerRecord], epochs: [LogPartition: Int64], deadLetters: KafkaProducer) async throws -> Set<LogPartition> {
+            let batch = processor.prepare(records, epochs: epochs)
             try await processor.sendDeadLetters(batch.deadLetters, with: deadLetters)
             return await merge(batch)
         }
 
         /// Commits the open batch once the previous commit is done, unless the lane merges on
-        /// (`LaneMergeRule`, from the records waiting in the lane's partitions, `backlog`, and
-        /// whether the usage log is full, `logFull`). Returns the partitions to read again (see
+        /// (`LaneMergeRule`, from the records waiting for the lane, `backlog`, and whether the
+        /// usage log is full, `logFull`). Returns the partitions to read again (see
         /// `finishCommit`).
-        func commitUnlessMerging(backlog: Int, logFull: Bool) async -> Set<LogPartition> {
+        private func commitUnlessMerging(backlog: Int, logFull: Bool) async -> Set<LogPartition> {
             let (records, windows) = (open.progress.records, open.merged.usageRows)
             guard mergeRule.commits(records: records, windows: windows, backlog: backlog, logFull: logFull) else { return [] }
             mergeRule.committed(records: records, backlog: backlog)
@@ -201,16 +257,25 @@ public final class UsageProcessor: Sendable {
             return rereading
         }
 
+        /// Asks the poll loop to move the consumer back to the Sink's offsets of `partitions`.
+        private func readAgain(_ partitions: Set<LogPartition>) {
+            guard !partitions.isEmpty else { return }
+            awaitingRewind.formUnion(partitions)
+            processor.rewindRequests.withLock { $0.formUnion(partitions) }
+        }
+
+        /// Brings the processor's count of the rows in its lanes up to date.
+        private func reportRowsToLog() {
+            let rows = rowsToLog
+            processor.rowsInLanes.add(rows - reportedRowsToLog, ordering: .relaxed)
+            reportedRowsToLog = rows
+        }
+
         /// Stopping: the commit in flight ends, then what the lane merged commits, once.
-        func stop() async {
+        private func stop() async {
             _ = await finishCommit()
             startCommit()
             _ = await finishCommit()
-        }
-
-        /// Cancels the commit in flight, if any (its retries end; it may still have landed).
-        func cancelCommit() {
-            committing?.commit.cancel()
         }
 
         /// Merges a batch into the open batch. Returns the partitions to read again: those of
@@ -237,7 +302,7 @@ public final class UsageProcessor: Sendable {
                     processor.unfoldedRows.add(batch.usageRows, ordering: .relaxed)
                     var progress = ProcessorProgress()
                     progress.add(batch)
-                    committed.add(committed: progress)
+                    processor.recordCommitted(progress)
                     return []
                 } catch {
                     if case .fenced = error {
@@ -297,7 +362,7 @@ public final class UsageProcessor: Sendable {
             committing = nil
             if await UsageProcessor.value(of: commit) {
                 processor.unfoldedRows.add(batch.merged.usageRows, ordering: .relaxed)
-                committed.add(committed: batch.progress)
+                processor.recordCommitted(batch.progress)
                 return []
             }
             store.abandon(batch.merged)
@@ -314,58 +379,80 @@ public final class UsageProcessor: Sendable {
         var progress = ProcessorProgress()
     }
 
-    /// Polls and prepares the next batches while the previous ones commit, so the processor's
-    /// own work overlaps Postgres's; each lane prepares and merges its share of the polls
-    /// (merged while a backlog waits, `mergedRecordsPerCommit`) and commits it, side by side
-    /// with the other lanes.
+    /// Polls while the lanes prepare, merge and commit what they are handed, each on a task of
+    /// its own (merged while a backlog waits, `mergedRecordsPerCommit`): the processor's own
+    /// work overlaps Postgres's, and a lane waiting for Postgres holds up no other.
     private func process(
         _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes stores: [SinkStore], folds: AsyncStream<Void>
     ) async throws {
+        let lanes = stores.enumerated().map { Lane(index: $0.offset, store: $0.element, processor: self) }
+        laneBacklogs.withLock { $0 = Array(repeating: 0, count: lanes.count) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in lanes { group.addTask { await lane.run(deadLetters: deadLetters) } }
+            defer { for lane in lanes { lane.inbox.finish() } }
+            try await poll(consumer, ownership: ownership, lanes: lanes, folds: folds)
+        }
+    }
+
+    /// Polls until the task is cancelled and hands each lane its share of every poll; first
+    /// moves the consumer back where lanes asked to read again, and pauses the partitions of
+    /// lanes that fall behind (`LanePauses`).
+    private func poll(_ consumer: KafkaConsumer, ownership: SinkOwnership, lanes: [Lane], folds: AsyncStream<Void>) async throws {
         var foldsDone = folds.makeAsyncIterator()
-        var lastProgress = ProcessorProgress()
         var lastForget = ContinuousClock.now - .seconds(3600)
-        let lanes = stores.map { Lane(store: $0, processor: self) }
-        do {
-            while !Task.isCancelled {
-                if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
-                    logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
-                    while unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
-                        guard await foldsDone.next() != nil else { break }
-                    }
-                }
-                let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
-                let pollWasFull = records.count == configuration.maximumBatch
-                catchingUp.store(pollWasFull, ordering: .relaxed)
-                // A backlog not known (the client failed to say) merges nothing beyond a poll.
-                let backlogs = LaneMergeRule.laneBacklogs((try? await consumer.backlog()) ?? [:], lanes: lanes.count)
-                let shares = Dictionary(grouping: records) { Int($0.partition) % lanes.count }
-                var rereading = try await withThrowingTaskGroup(of: Set<LogPartition>.self) { group in
-                    for (lane, records) in shares {
-                        group.addTask { [lanes] in try await lanes[lane].take(records, ownership: ownership, deadLetters: deadLetters) }
-                    }
-                    return try await group.reduce(into: Set<LogPartition>()) { $0.formUnion($1) }
-                }
-                // Rows on their way to the usage log count towards its bound.
-                var rowsToLog = unfoldedRows.load(ordering: .relaxed)
-                for lane in lanes { rowsToLog += await lane.rowsToLog }
-                for (lane, backlog) in zip(lanes, backlogs) {
-                    rereading.formUnion(await lane.commitUnlessMerging(backlog: backlog, logFull: rowsToLog > configuration.maximumUnfoldedRows))
-                }
-                var totals = ProcessorProgress()
-                for lane in lanes { totals += await lane.committed }
-                if totals.batches != lastProgress.batches { progress(totals) }
-                lastProgress = totals
-                if !rereading.isEmpty { try await rewind(consumer, ownership: ownership, partitions: Array(rereading)) }
-                if lastForget.duration(to: .now) > .seconds(600) {
-                    lastForget = .now
-                    await forgetExpired()
+        var pauses = LanePauses(lanes: lanes.count, limit: configuration.laneQueueLimit)
+        func epoch(of partition: TopicPartition) -> Int64? {
+            ownership.epoch(of: LogPartition(topic: partition.topic, partition: partition.partition))
+        }
+        while !Task.isCancelled {
+            if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
+                while unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                    guard await foldsDone.next() != nil else { break }
                 }
             }
-        } catch {
-            for lane in lanes { await lane.cancelCommit() }
-            throw error
+            let rewinding = rewindRequests.withLock { requests in
+                defer { requests = [] }
+                return requests
+            }
+            if !rewinding.isEmpty {
+                // A paused partition resumes after the last record polled, wherever it was moved.
+                let resuming = pauses.movingBack(rewinding.map { TopicPartition(topic: $0.topic, partition: $0.partition) })
+                if !resuming.isEmpty { try await consumer.resume(resuming) }
+                try await rewind(consumer, ownership: ownership, partitions: Array(rewinding))
+                for (lane, partitions) in Dictionary(grouping: rewinding, by: { Int($0.partition) % lanes.count }) {
+                    lanes[lane].inbox.send(.rewound(Set(partitions)))
+                }
+            }
+            let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
+            // A backlog not known (the client failed to say) merges nothing beyond a poll.
+            let backlogs = LaneMergeRule.laneBacklogs((try? await consumer.backlog()) ?? [:], lanes: lanes.count)
+            laneBacklogs.withLock { $0 = backlogs }
+            // Every lane hears of every poll, with records or none: one that merges decides
+            // again on the new backlog.
+            let shares = Dictionary(grouping: records, by: { Int($0.partition) % lanes.count })
+            for (lane, share) in lanes.indices.map({ ($0, shares[$0] ?? []) }) {
+                var epochs: [LogPartition: Int64] = [:]
+                for partition in Set(share.map(\.topicPartition)) {
+                    guard let epoch = epoch(of: partition) else { continue }  // revoked meanwhile
+                    epochs[LogPartition(topic: partition.topic, partition: partition.partition)] = epoch
+                    pauses.polled(partition, epoch: epoch)
+                }
+                lanes[lane].inbox.send(.records(share, epochs: epochs))
+            }
+            let queued = lanes.map(\.inbox.queuedRecords)
+            catchingUp.store(
+                records.count == configuration.maximumBatch || backlogs.reduce(0, +) + queued.reduce(0, +) > configuration.maximumBatch,
+                ordering: .relaxed)
+            let assignment = try await consumer.assignment()
+            let (pause, resume) = pauses.update(queued: queued, assignment: Dictionary(uniqueKeysWithValues: assignment.map { ($0, epoch(of: $0)) }))
+            if !pause.isEmpty { try await consumer.pause(pause) }
+            if !resume.isEmpty { try await consumer.resume(resume) }
+            if lastForget.duration(to: .now) > .seconds(600) {
+                lastForget = .now
+                await forgetExpired()
+            }
         }
-        for lane in lanes { await lane.stop() }
     }
 
     /// Prunes event identities past the dedupe horizon and the distinct values of windows
@@ -379,6 +466,20 @@ public final class UsageProcessor: Sendable {
         } catch {
             logger.warning("could not prune the distinct values of closed windows: \(error)")
         }
+    }
+
+    /// Adds what a lane's commit wrote to the totals, and reports them.
+    private func recordCommitted(_ commit: ProcessorProgress) {
+        let totals = committedTotals.withLock { totals in
+            totals.add(committed: commit)
+            return totals
+        }
+        progress(totals)
+    }
+
+    /// Whether the usage rows on their way to the usage log, or in it unfolded, pass its bound.
+    private var usageLogFull: Bool {
+        unfoldedRows.load(ordering: .relaxed) + rowsInLanes.load(ordering: .relaxed) > configuration.maximumUnfoldedRows
     }
 
     private func newLaneBatch(expectedWindows: Int = 0) -> LaneBatch {
@@ -404,14 +505,16 @@ public final class UsageProcessor: Sendable {
         var usageRows = 0
     }
 
-    func prepare(_ records: [ConsumerRecord], ownership: SinkOwnership) -> PreparedBatch {
+    /// Decodes and meters `records`, polled while this member owned their partitions under
+    /// `epochs`; records of partitions it did not own are left out.
+    func prepare(_ records: [ConsumerRecord], epochs: [LogPartition: Int64]) -> PreparedBatch {
         var calculator = calculator.withLock { $0 }
         let decoder = EventDecoder(limits: .withoutTimeBounds)
         let lateBefore = EventTime.now().advanced(by: .zero - configuration.grace)
         var batch = PreparedBatch(sink: SinkBatch(consumerGroup: configuration.group, positions: [:]), deadLetters: [])
         for record in records {
             let partition = LogPartition(topic: record.topic, partition: record.partition)
-            guard let epoch = ownership.epoch(of: partition) else { continue }  // revoked meanwhile
+            guard let epoch = epochs[partition] else { continue }
             batch.records += 1
             batch.sink.positions[partition] = CommittedPosition(nextOffset: record.offset + 1, epoch: epoch)
             let recordTime = Date(timeIntervalSince1970: Double(record.timestampMilliseconds ?? 0) / 1000)
