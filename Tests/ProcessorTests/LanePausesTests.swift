@@ -16,16 +16,19 @@ import Testing
     }
 
     /// A lane over the limit has its partitions paused, the other lane's keep flowing; they
-    /// resume once the lane is down to half the limit, not before.
+    /// resume once the lane is down to half the limit, not before (a lane behind till then).
     @Test func aLaneOverTheLimitPausesUntilDownToHalf() {
         var pauses = Self.settledPauses()
         let p = Self.partitions
         #expect(pauses.update(queued: [100, 0], assignment: Self.assignment) == ([], []))
+        #expect(!pauses.anyLaneBehind)
         #expect(pauses.update(queued: [101, 0], assignment: Self.assignment) == ([p[0], p[2]], []))
+        #expect(pauses.anyLaneBehind)
         #expect(pauses.update(queued: [101, 500], assignment: Self.assignment) == ([p[1], p[3]], []))
         #expect(pauses.update(queued: [51, 500], assignment: Self.assignment) == ([], []))
         #expect(pauses.update(queued: [50, 500], assignment: Self.assignment) == ([], [p[0], p[2]]))
         #expect(pauses.update(queued: [0, 0], assignment: Self.assignment) == ([], [p[1], p[3]]))
+        #expect(!pauses.anyLaneBehind)
     }
 
     /// A partition nothing was polled from in its current ownership, or since the consumer

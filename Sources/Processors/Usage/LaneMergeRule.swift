@@ -2,8 +2,8 @@ import Kafka
 
 /// When a commit lane merges its share of the polls instead of committing them (see
 /// `UsageProcessorConfiguration.mergedRecordsPerCommit`). It judges by the lane's own backlog,
-/// the records waiting in the lane's partitions: a backlog in another lane's partitions, such
-/// as one tenant's flood, never holds back this lane's commits.
+/// the records waiting for the lane (in its queue and its partitions): a backlog in another
+/// lane's partitions, such as one tenant's flood, never holds back this lane's commits.
 struct LaneMergeRule: Sendable {
     let mergedRecordsPerCommit: Int
     let mergedWindowsPerCommit: Int
@@ -21,13 +21,13 @@ struct LaneMergeRule: Sendable {
     }
 
     /// Whether a lane holding `records` merged records and `windows` windows commits them now,
-    /// with `backlog` records waiting in its partitions and the usage log full or not. Call
+    /// with `backlog` records waiting for it and the usage log full or not. Call
     /// `committed` when it does.
     func commits(records: Int, windows: Int, backlog: Int, logFull: Bool) -> Bool {
         !merges(records: records, backlog: backlog) || records >= mergedRecordsPerCommit || windows >= mergedWindowsPerCommit || logFull
     }
 
-    /// The lane committed what it held, with `backlog` records waiting in its partitions.
+    /// The lane committed what it held, with `backlog` records waiting for it.
     mutating func committed(records: Int, backlog: Int) {
         mergesTail = merges(records: records, backlog: backlog)
     }

@@ -19,6 +19,9 @@ struct LanePauses: Sendable {
     /// The owner epoch of the last record polled of each partition since it was last moved back.
     private var settled: [TopicPartition: Int64] = [:]
 
+    /// Whether a lane is over the limit, or not yet down to half of it.
+    var anyLaneBehind: Bool { !behind.isEmpty }
+
     init(lanes: Int, limit: Int) {
         self.lanes = lanes
         self.limit = limit

@@ -20,12 +20,12 @@ public struct UsageProcessorConfiguration: Sendable {
     public var dedupeHorizon: Duration = .seconds(32 * 86_400)
     /// Most records per poll.
     public var maximumBatch = 5_000
-    /// While the records waiting in Kafka in a commit lane's partitions (its backlog) would
-    /// fill it, the lane merges its share of the polls in memory (`SinkStore.merge`:
-    /// deduplicated, one usage delta per window) until it holds this many records or
-    /// `mergedWindowsPerCommit` windows, then commits them as one, and after such a full batch
-    /// merges the catch-up's tail while more than a poll's records wait in its partitions
-    /// (`LaneMergeRule`); otherwise a poll's records commit as soon as the lane's previous
+    /// While the records waiting for a commit lane (its backlog: in its queue, and in Kafka in
+    /// its partitions) would fill it, the lane merges its share of the polls in memory
+    /// (`SinkStore.merge`: deduplicated, one usage delta per window) until it holds this many
+    /// records or `mergedWindowsPerCommit` windows, then commits them as one, and after such a
+    /// full batch merges the catch-up's tail while more than a poll's records wait for it
+    /// (`LaneMergeRule`); otherwise what it took commits as soon as the lane's previous
     /// commit is done, so merging never holds back records that a smaller commit would have
     /// made visible sooner, nor waits for a backlog in another lane's partitions. Bigger merges
     /// append fewer usage log rows when a stream meets its windows again only many events later.
@@ -50,8 +50,8 @@ public struct UsageProcessorConfiguration: Sendable {
     /// Sink connections a fold uses side by side, each folding its share of the logs' parts,
     /// so a fold can use that many of Postgres's cores.
     public var foldConnections = 2
-    /// While the processor is catching up (its polls return full batches, or more than a
-    /// poll's records wait in Kafka and the lanes' queues), folds wait, so
+    /// While the processor is catching up (its polls return full batches, or a lane's queue
+    /// is past `laneQueueLimit`), folds wait, so
     /// the commits have the machine to themselves, but never longer than this since the last
     /// fold, so folding goes on under sustained load.
     public var foldDeferralLimit: Duration = .seconds(30)
@@ -84,7 +84,7 @@ public final class UsageProcessor: Sendable {
     private let calculator: Mutex<UsageCalculator>
     private let logger: Logger
     private let progress: @Sendable (ProcessorProgress) -> Void
-    /// Whether the last poll returned a full batch, or more than a poll's records wait.
+    /// Whether the last poll returned a full batch, or a lane fell behind: records are waiting.
     private let catchingUp = Atomic<Bool>(false)
     /// Usage rows this processor's commits added to the Sink's usage log since its last
     /// complete fold.
@@ -440,12 +440,10 @@ public final class UsageProcessor: Sendable {
                 }
                 lanes[lane].inbox.send(.records(share, epochs: epochs))
             }
-            let queued = lanes.map(\.inbox.queuedRecords)
-            catchingUp.store(
-                records.count == configuration.maximumBatch || backlogs.reduce(0, +) + queued.reduce(0, +) > configuration.maximumBatch,
-                ordering: .relaxed)
             let assignment = try await consumer.assignment()
-            let (pause, resume) = pauses.update(queued: queued, assignment: Dictionary(uniqueKeysWithValues: assignment.map { ($0, epoch(of: $0)) }))
+            let (pause, resume) = pauses.update(
+                queued: lanes.map(\.inbox.queuedRecords), assignment: Dictionary(uniqueKeysWithValues: assignment.map { ($0, epoch(of: $0)) }))
+            catchingUp.store(records.count == configuration.maximumBatch || pauses.anyLaneBehind, ordering: .relaxed)
             if !pause.isEmpty { try await consumer.pause(pause) }
             if !resume.isEmpty { try await consumer.resume(resume) }
             if lastForget.duration(to: .now) > .seconds(600) {
