@@ -1,8 +1,8 @@
 import Kafka
 
 /// Which partitions the poll loop keeps paused, so that a lane that falls behind (its commits
-/// slow, say, or its partitions flooded) holds only its own records in memory and up no other
-/// lane: those of a lane with more than `limit` records queued, until it is down to half that.
+/// slow, say, or its partitions flooded) keeps a bounded queue while polling goes on for the
+/// others: those of a lane with more than `limit` records queued, until it is down to half that.
 ///
 /// librdkafka resumes a paused partition after the last record `poll` returned of it, dropping
 /// what it had fetched beyond. A partition is paused only once a record of it was polled in its
