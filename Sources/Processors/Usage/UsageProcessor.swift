@@ -130,17 +130,19 @@ public final class UsageProcessor: Sendable {
         // The processor's own connection serves ownership and rewinds: a lane waiting for a
         // commit holds up neither.
         let lanes = (0..<max(1, configuration.commitLanes)).map { _ in sink.withOwnConnection() }
+        let pruning = sink.withOwnConnection()
         func closeAll() async {
             await consumer.close()
             await deadLetters.close()
             for store in folding { await store.close() }
             for lane in lanes { await lane.close() }
+            await pruning.close()
         }
         do {
             try await consumer.subscribe([configuration.topic])
             let (folds, announceFold) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
             async let folder: Void = foldContinuously(folding, announcing: announceFold)
-            try await process(consumer, ownership: ownership, deadLetters: deadLetters, lanes: lanes, folds: folds)
+            try await process(consumer, ownership: ownership, deadLetters: deadLetters, lanes: lanes, pruning: pruning, folds: folds)
             await folder
         } catch {
             await closeAll()
@@ -381,14 +383,17 @@ public final class UsageProcessor: Sendable {
 
     /// Polls while the lanes prepare, merge and commit what they are handed, each on a task of
     /// its own (merged while a backlog waits, `mergedRecordsPerCommit`): the processor's own
-    /// work overlaps Postgres's, and a lane waiting for Postgres holds up no other.
+    /// work overlaps Postgres's, and a lane waiting for Postgres holds up no other. Prunes
+    /// what the dedupe horizon let go on `pruning` meanwhile.
     private func process(
-        _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes stores: [SinkStore], folds: AsyncStream<Void>
+        _ consumer: KafkaConsumer, ownership: SinkOwnership, deadLetters: KafkaProducer, lanes stores: [SinkStore], pruning: SinkStore,
+        folds: AsyncStream<Void>
     ) async throws {
         let lanes = stores.enumerated().map { Lane(index: $0.offset, store: $0.element, processor: self) }
         laneBacklogs.withLock { $0 = Array(repeating: 0, count: lanes.count) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for lane in lanes { group.addTask { await lane.run(deadLetters: deadLetters) } }
+            group.addTask { await self.forgetExpiredContinuously(on: pruning) }
             defer { for lane in lanes { lane.inbox.finish() } }
             try await poll(consumer, ownership: ownership, lanes: lanes, folds: folds)
         }
@@ -399,7 +404,6 @@ public final class UsageProcessor: Sendable {
     /// lanes that fall behind (`LanePauses`).
     private func poll(_ consumer: KafkaConsumer, ownership: SinkOwnership, lanes: [Lane], folds: AsyncStream<Void>) async throws {
         var foldsDone = folds.makeAsyncIterator()
-        var lastForget = ContinuousClock.now - .seconds(3600)
         var pauses = LanePauses(lanes: lanes.count, limit: configuration.laneQueueLimit)
         func epoch(of partition: TopicPartition) -> Int64? {
             ownership.epoch(of: LogPartition(topic: partition.topic, partition: partition.partition))
@@ -446,23 +450,24 @@ public final class UsageProcessor: Sendable {
             catchingUp.store(records.count == configuration.maximumBatch || pauses.anyLaneBehind, ordering: .relaxed)
             if !pause.isEmpty { try await consumer.pause(pause) }
             if !resume.isEmpty { try await consumer.resume(resume) }
-            if lastForget.duration(to: .now) > .seconds(600) {
-                lastForget = .now
-                await forgetExpired()
-            }
         }
     }
 
-    /// Prunes event identities past the dedupe horizon and the distinct values of windows
-    /// closed long enough (`closedWindowAge`).
-    private func forgetExpired() async {
-        let now = Date()
-        let cutoff = now.addingTimeInterval(-Self.seconds(configuration.dedupeHorizon))
-        do { try await sink.forgetEvents(before: cutoff) } catch { logger.warning("could not prune event identities: \(error)") }
-        do {
-            try await sink.forgetDistinctValues(ofWindowsEndedBefore: now.addingTimeInterval(-Self.seconds(closedWindowAge)))
-        } catch {
-            logger.warning("could not prune the distinct values of closed windows: \(error)")
+    /// At the start and then every ten minutes until the task is cancelled, prunes event
+    /// identities past the dedupe horizon and the distinct values of windows closed long
+    /// enough (`closedWindowAge`), on a connection of its own: a long prune holds up neither
+    /// polling nor the lanes.
+    private func forgetExpiredContinuously(on store: SinkStore) async {
+        while !Task.isCancelled {
+            let now = Date()
+            let cutoff = now.addingTimeInterval(-Self.seconds(configuration.dedupeHorizon))
+            do { try await store.forgetEvents(before: cutoff) } catch { logger.warning("could not prune event identities: \(error)") }
+            do {
+                try await store.forgetDistinctValues(ofWindowsEndedBefore: now.addingTimeInterval(-Self.seconds(closedWindowAge)))
+            } catch {
+                logger.warning("could not prune the distinct values of closed windows: \(error)")
+            }
+            try? await Task.sleep(for: .seconds(600))
         }
     }
 
