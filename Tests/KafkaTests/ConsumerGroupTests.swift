@@ -27,6 +27,17 @@ func produce(_ count: Int, to topic: String, bootstrap: String, keys: Int = 20) 
     for result in results { _ = try result.get() }
 }
 
+/// Produces `counts[partition]` unkeyed records into each partition, valued by their number
+/// within it, and checks every one was acknowledged.
+func produce(_ counts: [TopicPartition: Int64], bootstrap: String) async throws {
+    let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrap))
+    let results = await producer.send(counts.flatMap { partition, count in
+        (0..<count).map { ProducerRecord(topic: partition.topic, partition: partition.partition, key: nil, value: Array("\($0)".utf8)) }
+    })
+    await producer.close()
+    for result in results { _ = try result.get() }
+}
+
 /// Polls and commits at least once, then until `done(processed)` holds; returns the records
 /// whose offsets were committed. A commit refused during a rebalance leaves its batch to be
 /// read again by whoever owns the partition next (at-least-once). The deadline only bounds a
@@ -152,12 +163,7 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         defer { cluster.shutdown() }
         try cluster.createTopic("waiting", partitions: 2, replicationFactor: 1)
         let produced = [TopicPartition(topic: "waiting", partition: 0): Int64(100), TopicPartition(topic: "waiting", partition: 1): 40]
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
-        let sent = await producer.send(produced.flatMap { partition, count in
-            (0..<count).map { ProducerRecord(topic: "waiting", partition: partition.partition, key: nil, value: Array("\($0)".utf8)) }
-        })
-        await producer.close()
-        for result in sent { _ = try result.get() }
+        try await produce(produced, bootstrap: cluster.bootstrapServers)
         let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "backlog"))
         try await consumer.subscribe(["waiting"])
         #expect(try await consumer.backlog() == [:])
@@ -192,11 +198,8 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }
         try cluster.createTopic("midway", partitions: 1, replicationFactor: 1)
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
-        for result in await producer.send((0..<1000).map { ProducerRecord(topic: "midway", partition: 0, key: nil, value: Array("\($0)".utf8)) }) {
-            _ = try result.get()
-        }
-        await producer.close()
+        let partition = TopicPartition(topic: "midway", partition: 0)
+        try await produce([partition: 1000], bootstrap: cluster.bootstrapServers)
         let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "midway"))
         try await consumer.subscribe(["midway"])
         var offsets: [Int64] = []
@@ -204,7 +207,6 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         while offsets.count < 100, ContinuousClock.now < deadline {
             offsets += try await consumer.poll(maxRecords: 100 - offsets.count, timeout: .milliseconds(100)).map(\.offset)
         }
-        let partition = TopicPartition(topic: "midway", partition: 0)
         // One fetch brought all 1 000 records (librdkafka fetches up to 1 MiB a partition).
         #expect(try await consumer.backlog() == [partition: 900])
         try await consumer.pause([partition])
@@ -221,12 +223,7 @@ func commitOffsets(of batch: [ConsumerRecord], _ consumer: KafkaConsumer) async 
         let cluster = try MockCluster(brokers: 1)
         defer { cluster.shutdown() }
         try cluster.createTopic("paused", partitions: 2, replicationFactor: 1)
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers))
-        for partition in Int32(0)..<2 {
-            let results = await producer.send((0..<50).map { ProducerRecord(topic: "paused", partition: partition, key: nil, value: Array("\($0)".utf8)) })
-            for result in results { _ = try result.get() }
-        }
-        await producer.close()
+        try await produce([TopicPartition(topic: "paused", partition: 0): 50, TopicPartition(topic: "paused", partition: 1): 50], bootstrap: cluster.bootstrapServers)
         let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "pause"))
         try await consumer.subscribe(["paused"])
         _ = try await pollAndCommit(consumer) { _ in try await consumer.assignment().count == 2 }
