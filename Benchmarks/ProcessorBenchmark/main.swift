@@ -26,6 +26,9 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "Events in the pre-filled topic.")
     var events = 600_000
 
+    @Option(help: "Partitions of the events topic. librdkafka's mock keeps 5 MiB of record batches a partition (about 50 000 of these events): more events need more partitions.")
+    var partitions: Int32 = 12
+
     @Option(help: "Tenants.")
     var tenants = 1_000
 
@@ -74,7 +77,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     func run() async throws {
         let cluster = try MockCluster(brokers: 3)
         defer { cluster.shutdown() }
-        try cluster.createTopic("events", partitions: 12, replicationFactor: 3)
+        try cluster.createTopic("events", partitions: partitions, replicationFactor: 3)
         try cluster.createTopic("events.dlq", partitions: 1, replicationFactor: 3)
         print("starting a throwaway Postgres (fsync off) …")
         var settings = sharedBuffers.map { ["shared_buffers = '\($0)'"] } ?? []
@@ -131,7 +134,7 @@ struct ProcessorBenchmark: AsyncParsableCommand {
         // librdkafka's mock keeps at most 5 MiB per partition and drops the oldest records
         // beyond that: a processor would skip them and look faster than it is.
         let admin = try KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: cluster.bootstrapServers))
-        for partition in Int32(0)..<12 where try await admin.watermarks(of: TopicPartition(topic: "events", partition: partition)).low > 0 {
+        for partition in Int32(0)..<partitions where try await admin.watermarks(of: TopicPartition(topic: "events", partition: partition)).low > 0 {
             await admin.close()
             throw ValidationError("the mock broker dropped records of events[\(partition)] (it keeps 5 MiB per partition): use fewer --events")
         }

@@ -50,10 +50,10 @@ public struct UsageProcessorConfiguration: Sendable {
     /// Sink connections a fold uses side by side, each folding its share of the logs' parts,
     /// so a fold can use that many of Postgres's cores.
     public var foldConnections = 2
-    /// While the processor is catching up (its polls return full batches, or a lane's queue
-    /// is past `laneQueueLimit`), folds wait, so
-    /// the commits have the machine to themselves, but never longer than this since the last
-    /// fold, so folding goes on under sustained load.
+    /// While the processor is catching up (a poll within the last half second returned a full
+    /// batch, or found a lane's queue past `laneQueueLimit`), folds wait, so the commits have
+    /// the machine to themselves and a fold merges more deltas into each window, but never
+    /// longer than this since the last fold, so folding goes on under sustained load.
     public var foldDeferralLimit: Duration = .seconds(30)
     /// Back-pressure: while more usage rows than this may wait in the Sink's usage log, counted
     /// by this processor (the rows its commits added since its last complete fold), it polls
@@ -84,8 +84,8 @@ public final class UsageProcessor: Sendable {
     private let calculator: Mutex<UsageCalculator>
     private let logger: Logger
     private let progress: @Sendable (ProcessorProgress) -> Void
-    /// Whether the last poll returned a full batch, or a lane fell behind: records are waiting.
-    private let catchingUp = Atomic<Bool>(false)
+    /// When a poll last returned a full batch, or found a lane behind: records were waiting.
+    private let lastBacklogSeen = Mutex<ContinuousClock.Instant?>(nil)
     /// Usage rows this processor's commits added to the Sink's usage log since its last
     /// complete fold.
     private let unfoldedRows = Atomic<Int>(0)
@@ -153,7 +153,9 @@ public final class UsageProcessor: Sendable {
 
     /// Folds the Sink's logs every `foldInterval`, deferred while catching up (up to
     /// `foldDeferralLimit`, and never past `maximumUnfoldedRows`), until the task is cancelled;
-    /// announces every complete fold.
+    /// announces every complete fold. The catch-up ends once polls have found no backlog for
+    /// `catchUpQuietPeriod`: one poll that comes back short (a fetch still in flight) does not
+    /// end it, and the fold starts within a tenth of that period after it does.
     private func foldContinuously(_ stores: [SinkStore], announcing announceFold: AsyncStream<Void>.Continuation) async {
         defer { announceFold.finish() }
         var lastFold = ContinuousClock.now
@@ -162,21 +164,28 @@ public final class UsageProcessor: Sendable {
             // Past the bound, polling waits for this fold: it waits in turn for another
             // process's fold rather than leave the log to it.
             let overBound = counted > configuration.maximumUnfoldedRows
-            if overBound || !catchingUp.load(ordering: .relaxed) || lastFold.duration(to: .now) >= configuration.foldDeferralLimit {
-                lastFold = .now
-                do {
-                    // Everything counted had committed before the fold began, so it folded.
-                    if try await SinkStore.foldLogs(on: stores, waitingForRunningFold: overBound).complete {
-                        unfoldedRows.subtract(counted, ordering: .relaxed)
-                        announceFold.yield()
-                    }
-                } catch {
-                    logger.warning("could not fold the usage and stats logs: \(error)")
+            let catchingUp = lastBacklogSeen.withLock { $0 }.map { $0.duration(to: .now) < Self.catchUpQuietPeriod } ?? false
+            guard overBound || !catchingUp || lastFold.duration(to: .now) >= configuration.foldDeferralLimit else {
+                try? await Task.sleep(for: Self.catchUpQuietPeriod / 10)
+                continue
+            }
+            lastFold = .now
+            do {
+                // Everything counted had committed before the fold began, so it folded.
+                if try await SinkStore.foldLogs(on: stores, waitingForRunningFold: overBound).complete {
+                    unfoldedRows.subtract(counted, ordering: .relaxed)
+                    announceFold.yield()
                 }
+            } catch {
+                logger.warning("could not fold the usage and stats logs: \(error)")
             }
             try? await Task.sleep(for: configuration.foldInterval)
         }
     }
+
+    /// How long polls find no backlog before a catch-up counts as over: more than two polls'
+    /// timeouts, as a poll with records waiting returns a full batch at once.
+    private static let catchUpQuietPeriod: Duration = .milliseconds(500)
 
     /// A commit lane: its Sink store, the batch merging its share of the polls, and its commit
     /// in flight. Lanes own disjoint partitions and work side by side, each on a task of its
@@ -447,7 +456,7 @@ public final class UsageProcessor: Sendable {
             let assignment = try await consumer.assignment()
             let (pause, resume) = pauses.update(
                 queued: lanes.map(\.inbox.queuedRecords), assignment: Dictionary(uniqueKeysWithValues: assignment.map { ($0, epoch(of: $0)) }))
-            catchingUp.store(records.count == configuration.maximumBatch || pauses.anyLaneBehind, ordering: .relaxed)
+            if records.count == configuration.maximumBatch || pauses.anyLaneBehind { lastBacklogSeen.withLock { $0 = .now } }
             if !pause.isEmpty { try await consumer.pause(pause) }
             if !resume.isEmpty { try await consumer.resume(resume) }
         }
