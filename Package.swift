@@ -28,6 +28,11 @@ let package = Package(
         .systemLibrary(
             name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]),
+        // glibc's malloc settings.
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
+
+        // How the process's allocator returns memory, over CMalloc.
+        .target(name: "ProcessMemory", dependencies: ["CMalloc"]),
 
         // Threads of their own for blocking C calls, as Swift executors.
         .target(name: "DedicatedThreads"),
@@ -95,7 +100,7 @@ let package = Package(
             name: "TallyCommand",
             dependencies: [
                 "Kafka", "Postgres", "LocalPostgres", "Sink", "TopicCatalog", "Tenancy", "IngestGateway", "Metering", "UsageProcessing",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "ProcessMemory", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -168,7 +173,7 @@ let package = Package(
             name: "KafkaTests", dependencies: ["Kafka", "TestSupport", "TallyCommand", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "PostgresTests", dependencies: ["Postgres", "LocalPostgres", "TestSupport"]),
         .testTarget(name: "SinkTests", dependencies: ["Sink", "Tenancy", "Postgres", "LocalPostgres", "TestSupport", "TallyCommand"]),
-        .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand"]),
+        .testTarget(name: "TallyCommandTests", dependencies: ["TestSupport", "TallyCommand", "ProcessMemory"]),
         .testTarget(name: "TopicCatalogTests", dependencies: ["TopicCatalog", "Declarations", "Kafka", "TestSupport", "TallyCommand"]),
     ]
 )

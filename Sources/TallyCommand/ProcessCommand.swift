@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Metering
+import ProcessMemory
 import ServiceLifecycle
 import Sink
 import Synchronization
@@ -87,6 +88,7 @@ struct ProcessCommand: AsyncParsableCommand {
 
         func run() async throws {
             common.bootstrapLogging()
+            ProcessMemory.mapLargeBlocksApart()
             let logger = Logger(label: "tally.process.usage")
             var configuration = UsageProcessorConfiguration(bootstrapServers: bootstrap)
             configuration.group = group
