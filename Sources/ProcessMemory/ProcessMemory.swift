@@ -7,13 +7,11 @@ public enum ProcessMemory {
     /// threshold, up to 32 MiB, each time such a block is freed, after which large short-lived
     /// buffers (a usage processor's merged batches) come from the heap between long-lived
     /// ones (its dedupe state) and leave holes it keeps: the processor's peak RSS grew about
-    /// 120 MiB more over 2 400 000 events that way (BENCHMARKS.md, session 22). Returns
-    /// whether malloc took the setting.
+    /// 120 MiB more over 2 400 000 events that way (BENCHMARKS.md, session 22). A block that
+    /// fits in memory the heap has free still comes from the heap. Returns whether malloc took
+    /// the setting.
     @discardableResult
     public static func mapLargeBlocksApart(threshold: Int = 128 * 1024) -> Bool {
         mallopt(M_MMAP_THRESHOLD, Int32(clamping: threshold)) == 1
     }
-
-    /// Bytes in blocks that have mappings of their own now.
-    public static var bytesInOwnMappings: Int { Int(tally_malloc_mapped_bytes()) }
 }
