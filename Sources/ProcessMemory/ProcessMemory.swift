@@ -9,9 +9,13 @@ public enum ProcessMemory {
     /// ones (its dedupe state) and leave holes it keeps: the processor's peak RSS grew about
     /// 120 MiB more over 2 400 000 events that way (BENCHMARKS.md, session 22). A block that
     /// fits in memory the heap has free still comes from the heap. Returns whether malloc took
-    /// the setting.
+    /// the setting (never, but for glibc).
     @discardableResult
     public static func mapLargeBlocksApart(threshold: Int = 128 * 1024) -> Bool {
+        #if canImport(Glibc)
         mallopt(M_MMAP_THRESHOLD, Int32(clamping: threshold)) == 1
+        #else
+        false
+        #endif
     }
 }
