@@ -183,9 +183,12 @@ public final class UsageProcessor: Sendable {
         }
     }
 
+    /// How long a poll waits for a full batch before it returns what it has.
+    private static let pollTimeout: Duration = .milliseconds(200)
+
     /// How long polls find no backlog before a catch-up counts as over: more than two polls'
     /// timeouts, as a poll with records waiting returns a full batch at once.
-    private static let catchUpQuietPeriod: Duration = .milliseconds(500)
+    private static let catchUpQuietPeriod = pollTimeout * 5 / 2
 
     /// A commit lane: its Sink store, the batch merging its share of the polls, and its commit
     /// in flight. Lanes own disjoint partitions and work side by side, each on a task of its
@@ -437,7 +440,7 @@ public final class UsageProcessor: Sendable {
                     lanes[lane].inbox.send(.rewound(Set(partitions)))
                 }
             }
-            let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: .milliseconds(200))
+            let records = try await consumer.poll(maxRecords: configuration.maximumBatch, timeout: Self.pollTimeout)
             // A backlog not known (the client failed to say) merges nothing beyond a poll.
             let backlogs = LaneMergeRule.laneBacklogs((try? await consumer.backlog()) ?? [:], lanes: lanes.count)
             laneBacklogs.withLock { $0 = backlogs }
