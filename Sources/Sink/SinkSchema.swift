@@ -351,6 +351,18 @@ enum SinkSchema {
                 FROM tally.rejected_inputs WHERE tenant = {tenant};
             """
         ),
+        (
+            6,
+            """
+            -- Folds update the same windows again and again. A full page leaves an update no room
+            -- beside its row, so each was a new row elsewhere plus a new entry in the window key's
+            -- index; with 30% of every page kept free most become heap-only (HOT) updates,
+            -- the index untouched and the old version pruned in place. Pages filled before keep
+            -- their rows; the setting applies to pages written from now on.
+            ALTER TABLE {schema}.usage_folded SET (fillfactor = 70);
+            ALTER TABLE {schema}.event_stats_folded SET (fillfactor = 70);
+            """
+        ),
     ]
 
     static var latestTenantVersion: Int { tenantMigrations.last!.version }
