@@ -44,9 +44,13 @@ import TestSupport
             let progress = run.output.split(separator: "\n").filter { $0.hasPrefix("migrated ") }
             #expect(progress.count == 20)
             #expect(progress.last?.hasPrefix("migrated 20/20 tenants") == true)
-            #expect(try await db.query("SELECT count(*) AS n FROM tally.tenants WHERE schema_version = 5")[0].int64("n") == 20)
+            #expect(try await db.query("SELECT count(*) AS n FROM tally.tenants WHERE schema_version = 6")[0].int64("n") == 20)
             for table in ["usage", "usage_folded", "seen_events", "usage_distinct", "event_stats", "event_stats_folded", "rejections"] {
                 #expect(try await db.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = '\(table)' AND table_schema LIKE 'tenant\\_old\\_%'")[0].int64("n") == 20)
+            }
+            for table in ["usage_folded", "event_stats_folded"] {
+                let spacious = "SELECT count(*) AS n FROM pg_class WHERE relname = '\(table)' AND relnamespace::regnamespace::text LIKE 'tenant\\_old\\_%' AND 'fillfactor=70' = ANY(reloptions)"
+                #expect(try await db.query(spacious)[0].int64("n") == 20)
             }
             await db.close()
         }

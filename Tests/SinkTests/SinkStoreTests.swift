@@ -39,7 +39,7 @@ func count(_ sql: String, _ db: PostgresConnection) async throws -> Int64 {
             try await sink.ensureTenant(try TenantID("acme"))  // a second sight changes nothing
             #expect(try await sink.tenants() == [try TenantID("acme")])
             #expect(try await count("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'tenant_acme' AND table_name = 'usage'", db) == 1)
-            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 5)
+            #expect(try await count("SELECT count(*) AS n FROM tenant_acme.schema_migrations", db) == 6)
             #expect(try await count("SELECT count(*) AS n FROM pg_roles WHERE rolname = 'tally_reader_acme' AND NOT rolcanlogin", db) == 1)
         }
     }
