@@ -158,18 +158,19 @@ public final class UsageProcessor: Sendable {
     /// end it, and the fold starts within a tenth of that period after it does.
     private func foldContinuously(_ stores: [SinkStore], announcing announceFold: AsyncStream<Void>.Continuation) async {
         defer { announceFold.finish() }
+        let deferral = FoldDeferral(configuration, quietPeriod: Self.catchUpQuietPeriod)
         var lastFold = ContinuousClock.now
         while !Task.isCancelled {
             let counted = unfoldedRows.load(ordering: .relaxed)
-            // Past the bound, polling waits for this fold: it waits in turn for another
-            // process's fold rather than leave the log to it.
-            let overBound = counted > configuration.maximumUnfoldedRows
-            let catchingUp = lastBacklogSeen.withLock { $0 }.map { $0.duration(to: .now) < Self.catchUpQuietPeriod } ?? false
-            guard overBound || !catchingUp || lastFold.duration(to: .now) >= configuration.foldDeferralLimit else {
+            let now = ContinuousClock.now
+            guard deferral.folds(at: now, unfoldedRows: counted, lastBacklogSeen: lastBacklogSeen.withLock { $0 }, lastFold: lastFold) else {
                 try? await Task.sleep(for: Self.catchUpQuietPeriod / 10)
                 continue
             }
-            lastFold = .now
+            // Past the bound, polling waits for this fold: it waits in turn for another
+            // process's fold rather than leave the log to it.
+            let overBound = deferral.isOverBound(unfoldedRows: counted)
+            lastFold = now
             do {
                 // Everything counted had committed before the fold began, so it folded.
                 if try await SinkStore.foldLogs(on: stores, waitingForRunningFold: overBound).complete {
