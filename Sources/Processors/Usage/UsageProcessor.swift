@@ -98,6 +98,8 @@ public final class UsageProcessor: Sendable {
     private let rewindRequests = Mutex<Set<LogPartition>>([])
     /// What the lanes' commits wrote.
     private let committedTotals = Mutex(ProcessorProgress())
+    /// When the fold loop folds, and the usage log's bound.
+    private let foldDeferral: FoldDeferral
 
     public init(
         configuration: UsageProcessorConfiguration, sink: SinkStore, calculator: UsageCalculator, logger: Logger = Logger(label: "tally.usage"),
@@ -108,6 +110,7 @@ public final class UsageProcessor: Sendable {
         self.calculator = Mutex(calculator)
         self.logger = logger
         self.progress = progress
+        foldDeferral = FoldDeferral(configuration, quietPeriod: Self.catchUpQuietPeriod)
     }
 
     /// Replaces the meters and time zones; the next batch uses them.
@@ -158,18 +161,17 @@ public final class UsageProcessor: Sendable {
     /// end it, and the fold starts within a tenth of that period after it does.
     private func foldContinuously(_ stores: [SinkStore], announcing announceFold: AsyncStream<Void>.Continuation) async {
         defer { announceFold.finish() }
-        let deferral = FoldDeferral(configuration, quietPeriod: Self.catchUpQuietPeriod)
         var lastFold = ContinuousClock.now
         while !Task.isCancelled {
             let counted = unfoldedRows.load(ordering: .relaxed)
             let now = ContinuousClock.now
-            guard deferral.folds(at: now, unfoldedRows: counted, lastBacklogSeen: lastBacklogSeen.withLock { $0 }, lastFold: lastFold) else {
+            guard foldDeferral.folds(at: now, unfoldedRows: counted, lastBacklogSeen: lastBacklogSeen.withLock { $0 }, lastFold: lastFold) else {
                 try? await Task.sleep(for: Self.catchUpQuietPeriod / 10)
                 continue
             }
             // Past the bound, polling waits for this fold: it waits in turn for another
             // process's fold rather than leave the log to it.
-            let overBound = deferral.isOverBound(unfoldedRows: counted)
+            let overBound = foldDeferral.isOverBound(unfoldedRows: counted)
             lastFold = now
             do {
                 // Everything counted had committed before the fold began, so it folded.
@@ -422,9 +424,9 @@ public final class UsageProcessor: Sendable {
             ownership.epoch(of: LogPartition(topic: partition.topic, partition: partition.partition))
         }
         while !Task.isCancelled {
-            if unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+            if foldDeferral.isOverBound(unfoldedRows: unfoldedRows.load(ordering: .relaxed)) {
                 logger.info("more than \(configuration.maximumUnfoldedRows) usage rows wait for a fold: polling stops until one completes")
-                while unfoldedRows.load(ordering: .relaxed) > configuration.maximumUnfoldedRows {
+                while foldDeferral.isOverBound(unfoldedRows: unfoldedRows.load(ordering: .relaxed)) {
                     guard await foldsDone.next() != nil else { break }
                 }
             }
@@ -495,7 +497,7 @@ public final class UsageProcessor: Sendable {
 
     /// Whether the usage rows on their way to the usage log, or in it unfolded, pass its bound.
     private var usageLogFull: Bool {
-        unfoldedRows.load(ordering: .relaxed) + rowsInLanes.load(ordering: .relaxed) > configuration.maximumUnfoldedRows
+        foldDeferral.isOverBound(unfoldedRows: unfoldedRows.load(ordering: .relaxed) + rowsInLanes.load(ordering: .relaxed))
     }
 
     private func newLaneBatch(expectedWindows: Int = 0) -> LaneBatch {
