@@ -74,6 +74,10 @@ struct ProcessorBenchmark: AsyncParsableCommand {
     @Option(help: "Seconds of the lag run.")
     var lagSeconds = 30
 
+    func validate() throws {
+        guard partitions > 0 else { throw ValidationError("--partitions must be at least 1, not \(partitions)") }
+    }
+
     func run() async throws {
         let cluster = try MockCluster(brokers: 3)
         defer { cluster.shutdown() }
