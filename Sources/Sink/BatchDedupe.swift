@@ -106,14 +106,14 @@ struct BatchDedupe {
 
     /// Records an identity; false when it was recorded before.
     mutating func recordIdentity(_ identity: Digest, time: Int64, of tenant: TenantID) -> Bool {
-        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.identities.addIfAbsent(time, forKey: identity) ?? false }
-        return ownerless[tenant, default: TenantDedupeState()].identities.addIfAbsent(time, forKey: identity)
+        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.identities.insertIfAbsent(identity, time: time) ?? false }
+        return ownerless[tenant, default: TenantDedupeState()].identities.insertIfAbsent(identity, time: time)
     }
 
     /// Records a distinct value of a window that ends by `windowEnd`; false when it was recorded before.
     mutating func recordDistinctValue(_ value: Digest, windowEnd: Int64, of tenant: TenantID) -> Bool {
-        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.distinctValues.addIfAbsent(windowEnd, forKey: value) ?? false }
-        return ownerless[tenant, default: TenantDedupeState()].distinctValues.addIfAbsent(windowEnd, forKey: value)
+        if let key = partitionOfTenant[tenant] { return partitions[key]?.tenants[tenant]?.distinctValues.insertIfAbsent(value, time: windowEnd) ?? false }
+        return ownerless[tenant, default: TenantDedupeState()].distinctValues.insertIfAbsent(value, time: windowEnd)
     }
 
     /// Stores the partitions' updated states for the next commits and merges (the ownerless
@@ -168,8 +168,8 @@ private func loadDedupeRows(
         """, parameters)
     {
         let identity = Digest.identity(source: try row.string("source") ?? "", id: try row.string("event_id") ?? "")
-        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].identities[identity] =
-            try row.int64("event_time_us") ?? 0
+        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].identities
+            .insertKeepingLatest(identity, time: try row.int64("event_time_us") ?? 0)
     }
     for row in try db.query(
         """
@@ -185,17 +185,8 @@ private func loadDedupeRows(
             windowStartMicroseconds: windowStart, groupKey: try row.string("group_key") ?? "", value: try row.string("value_key") ?? "")
         // A size Tally does not know never ends; `forgetDistinctValues` keeps its rows too.
         let windowEnd = UsageRow.WindowSize(rawValue: windowSize)?.latestEnd(ofWindowStartingAt: windowStart) ?? .max
-        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].distinctValues[value] = windowEnd
+        states[try owner(row), default: [:]][try tenantID(in: row, column: "tenant"), default: TenantDedupeState()].distinctValues
+            .insertKeepingLatest(value, time: windowEnd)
     }
     return states
-}
-
-extension Dictionary {
-    /// Adds `value` for `key` unless `key` has one; whether it was added. One access to the
-    /// dictionary for callers reaching it through nested optional chains.
-    fileprivate mutating func addIfAbsent(_ value: Value, forKey key: Key) -> Bool {
-        guard index(forKey: key) == nil else { return false }
-        self[key] = value
-        return true
-    }
 }

@@ -2,14 +2,15 @@ import Foundation
 import Synchronization
 import Tenancy
 
-/// A 128-bit digest of a few fields, standing in for them in memory. Made from two seeded
+/// A 96-bit digest of a few fields, standing in for them in memory. Made from two seeded
 /// `Hasher`s (SipHash, keyed at random per process, so inputs cannot be crafted to collide),
 /// thus never stored: states are rebuilt from Postgres's text rows. Two different identities
-/// share a digest with probability about n² / 2¹²⁹ for n identities of a tenant (below 10⁻²⁰
-/// for a billion).
-struct Digest: Hashable {
-    private let high: UInt64
-    private let low: UInt64
+/// share a digest with probability about n² / 2⁹⁷ for n identities of a tenant (below 10⁻¹¹
+/// for a billion). Ordered by value, for `RecordedDigests`' sorted array.
+struct Digest: Hashable, Comparable {
+    /// The first hash, whole: uniform over its range, which `RecordedDigests` searches by.
+    let high: UInt64
+    private let low: UInt32
 
     init(_ combine: (inout Hasher) -> Void) {
         var first = Hasher()
@@ -19,10 +20,12 @@ struct Digest: Hashable {
         second.combine(UInt8(1))
         combine(&second)
         high = UInt64(bitPattern: Int64(first.finalize()))
-        low = UInt64(bitPattern: Int64(second.finalize()))
+        low = UInt32(truncatingIfNeeded: second.finalize())
     }
 
-    func hash(into hasher: inout Hasher) { hasher.combine(low) }
+    func hash(into hasher: inout Hasher) { hasher.combine(high) }
+
+    static func < (lhs: Digest, rhs: Digest) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
 
     static func identity(source: String, id: String) -> Digest {
         Digest { hasher in
@@ -53,13 +56,13 @@ struct GroupPartition: Hashable {
 /// values of its `unique_count` windows (with the latest time their window may end), times in
 /// microseconds since the epoch.
 struct TenantDedupeState {
-    var identities: [Digest: Int64] = [:]
-    var distinctValues: [Digest: Int64] = [:]
+    var identities = RecordedDigests()
+    var distinctValues = RecordedDigests()
 
-    /// Adds what `other` recorded (keeping this state's time for an entry in both).
+    /// Adds what `other` recorded (keeping the later time of an entry in both).
     mutating func formUnion(_ other: TenantDedupeState) {
-        identities.merge(other.identities) { mine, _ in mine }
-        distinctValues.merge(other.distinctValues) { mine, _ in mine }
+        identities.formUnion(other.identities)
+        distinctValues.formUnion(other.distinctValues)
     }
 }
 
@@ -137,14 +140,14 @@ final class DedupeStates: Sendable {
     /// Forgets identities of events before `cutoff`, as `SinkStore.forgetEvents` does in Postgres.
     func forgetIdentities(before cutoff: Date) {
         let cutoff = microseconds(cutoff)
-        updateEveryTenant { $0.identities = $0.identities.filter { $0.value >= cutoff } }
+        updateEveryTenant { $0.identities.removeAll(before: cutoff) }
     }
 
     /// Forgets the distinct values of windows that ended before `cutoff`, as
     /// `SinkStore.forgetDistinctValues` does in Postgres.
     func forgetDistinctValues(ofWindowsEndedBefore cutoff: Date) {
         let cutoff = microseconds(cutoff)
-        updateEveryTenant { $0.distinctValues = $0.distinctValues.filter { $0.value >= cutoff } }
+        updateEveryTenant { $0.distinctValues.removeAll(before: cutoff) }
     }
 
     private func updateEveryTenant(_ update: (inout TenantDedupeState) -> Void) {
