@@ -7,8 +7,9 @@ import Tenancy
 /// thus never stored: states are rebuilt from Postgres's text rows. Two different identities
 /// share a digest with probability about n² / 2⁹⁷ for n identities of a tenant (below 10⁻¹¹
 /// for a billion). Ordered by value, for `RecordedDigests`' sorted array.
-struct Digest: Hashable, Comparable {
-    /// The first hash, whole: uniform over its range, which `RecordedDigests` searches by.
+struct Digest: Comparable {
+    /// The first hash, whole: uniform over its range, so `RecordedDigests` places digests by
+    /// its bits without hashing them again.
     let high: UInt64
     private let low: UInt32
 
@@ -23,7 +24,13 @@ struct Digest: Hashable, Comparable {
         low = UInt32(truncatingIfNeeded: second.finalize())
     }
 
-    func hash(into hasher: inout Hasher) { hasher.combine(high) }
+    private init(high: UInt64, low: UInt32) {
+        self.high = high
+        self.low = low
+    }
+
+    /// All bits zero: what fills storage that holds no digest (`RecordedDigests`' free slots).
+    static let zero = Digest(high: 0, low: 0)
 
     static func < (lhs: Digest, rhs: Digest) -> Bool { (lhs.high, lhs.low) < (rhs.high, rhs.low) }
 

@@ -3,7 +3,7 @@ import Testing
 @testable import Sink
 
 /// The compact digest table answers as a dictionary of digests to times would, through the
-/// folds of its recent additions into its sorted array.
+/// merges of its recent additions into its sorted array.
 @Suite struct RecordedDigestsTests {
     static func digest(_ number: Int) -> Digest { Digest.identity(source: "/api", id: "event-\(number)") }
 
@@ -11,20 +11,21 @@ import Testing
     static func time(_ number: Int) -> Int64 { Int64(1_764_288_000 + number % 5_000) * 1_000_000 }
 
     /// 60 000 insertions of 40 000 digests (a third of them again, in another order) pass
-    /// through many folds; each one is added exactly when the oracle did not hold it yet, and
-    /// every digest, recorded or not, is found with its first time or not at all.
+    /// through many merges into the sorted array; each one is added exactly when the oracle (a
+    /// dictionary by the number each digest is made of) did not hold it yet, and every digest,
+    /// recorded or not, is found with its first time or not at all.
     @Test func insertionsAnswerAsADictionary() {
         var table = RecordedDigests()
-        var oracle: [Digest: Int64] = [:]
+        var oracle: [Int: Int64] = [:]
         var random = SystemRandomNumberGenerator()
         let numbers = Array(0..<40_000) + (0..<20_000).map { _ in Int.random(in: 0..<40_000, using: &random) }
         for number in numbers {
             let added = table.insertIfAbsent(Self.digest(number), time: Self.time(number))
-            #expect(added == (oracle[Self.digest(number)] == nil))
-            if added { oracle[Self.digest(number)] = Self.time(number) }
+            #expect(added == (oracle[number] == nil))
+            if added { oracle[number] = Self.time(number) }
         }
         #expect(table.count == 40_000)
-        for number in 0..<50_000 { #expect(table.time(of: Self.digest(number)) == oracle[Self.digest(number)]) }
+        for number in 0..<50_000 { #expect(table.time(of: Self.digest(number)) == oracle[number]) }
     }
 
     /// Forgetting removes exactly the digests whose time is before the cutoff, from the
