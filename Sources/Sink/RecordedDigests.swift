@@ -1,10 +1,10 @@
 /// Digests, each with the time (microseconds since the epoch) past which it may be forgotten,
-/// in about 17 bytes apiece: what a dedupe state holds for every event identity of the horizon,
-/// so its size is what bounds a processor's memory. Most digests sit in one array sorted by
-/// digest and sized to fit, found through an index of where each run of leading bits starts
-/// (digests are uniform, so a run holds four to eight); new ones go to a small hash table first,
-/// merged into the array once it holds an eighth as many. A lookup reads about three cache
-/// lines, as a `Dictionary`'s does.
+/// in about 17 bytes apiece (16 in the sorted array): what a dedupe state holds for every event
+/// identity of the horizon, so its size is what bounds a processor's memory. Most digests sit
+/// in one array sorted by digest and sized to fit, found through an index of where each run of
+/// leading bits starts (digests are uniform, so a run holds four to eight); new ones go to a
+/// small hash table first, merged into the array once it holds an eighth as many. A lookup
+/// reads about three cache lines, as a `Dictionary`'s does.
 ///
 /// Times are kept in whole seconds, rounded up: a digest is forgotten at most a second after
 /// the instant its time names, never before.

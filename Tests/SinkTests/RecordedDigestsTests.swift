@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 
 @testable import Sink
@@ -17,7 +18,7 @@ import Testing
     @Test func insertionsAnswerAsADictionary() {
         var table = RecordedDigests()
         var oracle: [Int: Int64] = [:]
-        var random = SystemRandomNumberGenerator()
+        var random = SeededRandom(state: 24)
         let numbers = Array(0..<40_000) + (0..<20_000).map { _ in Int.random(in: 0..<40_000, using: &random) }
         for number in numbers {
             let added = table.insertIfAbsent(Self.digest(number), time: Self.time(number))
