@@ -108,14 +108,22 @@ public actor KafkaConsumer {
     }
 
     /// Waits up to `timeout` for the first record, then returns it with up to `maxRecords - 1`
-    /// more that are already fetched. Rebalances are served here too.
+    /// more that are already fetched. Rebalances are served here too, and a poll that serves
+    /// one returns no record fetched before it of a partition it revoked, so every record
+    /// returned belongs to the assignment at the poll's end, as it was when the record was
+    /// fetched (its new owner, or this consumer once the partition comes back, reads it again).
     public func poll(maxRecords: Int = 500, timeout: Duration = .milliseconds(100)) throws(KafkaError) -> [ConsumerRecord] {
         try checkOpen()
         var records: [ConsumerRecord] = []
+        func dropRevoked() {
+            let revoked = context.takeRevoked()
+            if !revoked.isEmpty { records.removeAll { revoked.contains($0.topicPartition) } }
+        }
         var waitMilliseconds = milliseconds(timeout)
         while records.count < maxRecords, let message = rd_kafka_consumer_poll(handle.pointer, waitMilliseconds) {
             defer { rd_kafka_message_destroy(message) }
             if let error = context.takeRebalanceError() { throw error }
+            dropRevoked()
             let code = message.pointee.err
             guard code == RD_KAFKA_RESP_ERR_NO_ERROR else {
                 if code == RD_KAFKA_RESP_ERR__FATAL || code == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC {
@@ -128,7 +136,16 @@ public actor KafkaConsumer {
             waitMilliseconds = 0
         }
         if let error = context.takeRebalanceError() { throw error }
+        dropRevoked()
         return records
+    }
+
+    /// Records and events fetched or raised for this consumer and not polled yet: what tests
+    /// wait on to know a rebalance is queued behind fetched records.
+    func queuedEvents() -> Int {
+        let queue = rd_kafka_queue_get_consumer(handle.pointer)
+        defer { rd_kafka_queue_destroy(queue) }
+        return Int(rd_kafka_queue_length(queue))
     }
 
     /// Commits these next-offsets-to-read to the group coordinator and waits for the answer.
@@ -270,6 +287,8 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
     /// The configured protocol; asking librdkafka inside the callback can hang after close (2.0.2).
     private let cooperative: Bool
     private let rebalanceError = Mutex<KafkaError?>(nil)
+    /// Partitions revoked since `poll` last asked.
+    private let revoked = Mutex<Set<TopicPartition>>([])
 
     init(logger: Logger, listener: (any RebalanceListener)?, cooperative: Bool) {
         self.listener = listener
@@ -281,6 +300,14 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
         rebalanceError.withLock { error in
             defer { error = nil }
             return error
+        }
+    }
+
+    /// The partitions revoked since the last call.
+    func takeRevoked() -> Set<TopicPartition> {
+        revoked.withLock { revoked in
+            defer { revoked = [] }
+            return revoked
         }
     }
 
@@ -318,6 +345,7 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
             let lost = rd_kafka_assignment_lost(rk) != 0
             logger.info("partitions revoked: \(partitions)\(lost ? " (lost)" : "")")
+            revoked.withLock { $0.formUnion(partitions) }
             if let listener {
                 _ = try? waitFor { await listener.partitionsRevoked(partitions, lost: lost) }
             }
