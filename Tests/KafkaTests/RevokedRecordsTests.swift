@@ -59,6 +59,7 @@ import Testing
         #expect(!afterFirst.contains { revoked.contains($0.topicPartition) }, "a record of the revoked partition came back")
         #expect(afterFirst.filter { kept.contains($0.topicPartition) }.map(\.offset).sorted() == Array(Int64(read[0].topicPartition == kept.first ? 1 : 0)..<10))
         pollingB.cancel()
+        try await pollingB.value  // a poll of B that failed fails the test
         await consumerA.close()
         await consumerB.close()
     }
